@@ -1,0 +1,77 @@
+"""Config composition, profiles and validation errors that name the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from weldray.config import PROFILES, ConfigError, WeldrayConfig, load_config
+
+
+def test_default_profile_is_cpu() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, WeldrayConfig)
+    assert cfg.profile == "cpu"
+    assert cfg.model.backbone == "efficientnet_lite0"
+
+
+def test_production_profile_is_the_seed_recipe() -> None:
+    cfg = load_config(["profile=production"])
+    assert cfg.model.backbone == "convnextv2_nano.fcmae_ft_in22k_in1k_384"
+    assert cfg.model.image_size == 448
+    assert cfg.training.epochs == 90
+    assert cfg.training.batch_size == 64
+    assert cfg.training.mix_real_ratio == 0.25
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_composes(profile: str) -> None:
+    assert load_config([f"profile={profile}"]).profile == profile
+
+
+def test_overrides_reach_every_group() -> None:
+    cfg = load_config(["training.epochs=50", "data.n_folds=3", "serve.port=9000", "model.margin=0.3"])
+    assert (cfg.training.epochs, cfg.data.n_folds, cfg.serve.port, cfg.model.margin) == (50, 3, 9000, 0.3)
+
+
+def test_command_line_beats_profile() -> None:
+    assert load_config(["profile=production", "training.epochs=3"]).training.epochs == 3
+
+
+def test_interpolation_follows_output_dir() -> None:
+    assert load_config(["output_dir=/tmp/x"]).ray.storage_path == "/tmp/x/ray_results"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("training.epochs=abc", "training.epochs"),
+        ("training.epochs=0", "training.epochs"),
+        ("model.head=triplet", "model.head"),
+        ("data.val_fraction=1.5", "data.val_fraction"),
+        ("data.hash_method=md5", "data.hash_method"),
+        ("serve.port=70000", "serve.port"),
+        ("text_removal.detector=tesseract", "text_removal.detector"),
+        ("export.format=tflite", "export.format"),
+        ("training.image_sizes=[100]", "training.image_sizes"),
+    ],
+)
+def test_invalid_values_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config([override])
+    assert info.value.key == key
+    assert str(info.value).startswith(key)
+
+
+def test_unknown_key_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="training.epochz"):
+        load_config(["training.epochz=3"])
+
+
+def test_unknown_profile_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="profile"):
+        load_config(["profile=gigantic"])
+
+
+def test_fingerprint_changes_with_config() -> None:
+    assert load_config().fingerprint() == load_config().fingerprint()
+    assert load_config().fingerprint() != load_config(["training.epochs=99"]).fingerprint()

@@ -1,0 +1,65 @@
+"""Shared fixtures: real photos (skipped when absent), a small procedural dataset, a local Ray,
+and an S3-speaking server on 127.0.0.1 (moto's server mode)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REAL_WELDS = Path(os.environ.get("WELDRAY_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "welds"))
+
+
+@pytest.fixture(scope="session")
+def real_welds_dir() -> Path:
+    """The 263 real weld photos (read in place, never copied into the repo)."""
+    if not (REAL_WELDS / "good_welds").is_dir() or not (REAL_WELDS / "bad_welds").is_dir():
+        pytest.skip(f"real weld photos not found at {REAL_WELDS} (set WELDRAY_REAL_DATA to their folder)")
+    return REAL_WELDS
+
+
+@pytest.fixture(scope="session")
+def procedural_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 good + 16 bad procedural welds at 160 px, half with text and exact text masks."""
+    from weldray.data.procedural import ProceduralSpec, generate_dataset
+
+    out = tmp_path_factory.mktemp("procedural")
+    return generate_dataset(out, ProceduralSpec(n_per_class=16, image_size=160, text_fraction=0.5, seed=7))
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One private local Ray instance (2 CPUs) for the whole session."""
+    import ray
+
+    from weldray.config import RayConfig
+    from weldray.ray_utils import init_ray
+
+    init_ray(RayConfig(num_cpus=2))
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real S3 HTTP server on 127.0.0.1 (moto server mode); yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    try:
+        yield endpoint
+    finally:
+        server.stop()

@@ -1,0 +1,84 @@
+"""Text detection + inpainting (``text_removal.*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from weldray.config._base import ConfigError, check_choice, check_fraction, check_positive
+
+DETECTORS = ("rapidocr", "easyocr")
+INPAINTERS = ("opencv", "lama")
+OPENCV_METHODS = ("telea", "ns")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TextRemovalConfig:
+    enabled: bool = True
+    detector: str = "rapidocr"
+    inpainter: str = "opencv"
+    # Mask dilation around detected text (pixels at the image's own resolution); avoids halos.
+    dilation_px: int = 25
+    # Recognise the text in each detected box; needed for the score filter against weld ripples.
+    recognize: bool = True
+    # Minimum recognition confidence for a detected box to count as text (when recognize=true).
+    min_text_score: float = 0.5
+    # Minimum detector confidence of a box.
+    min_det_score: float = 0.5
+    # Recognised text needs at least this many letters/digits (ripples read as "-", "|", ".").
+    min_text_chars: int = 1
+    # Box geometry filters, relative to the image: text lines are short and flat; ripples
+    # and whole beads give tall or huge boxes.
+    min_box_height_px: int = 6
+    max_box_height_fraction: float = 0.3
+    max_box_area_fraction: float = 0.2
+    # Detector input scale (rapidocr: shorter side resized up to this many pixels).
+    det_limit_side_len: int = 736
+    # Inpainting.
+    opencv_method: str = "telea"
+    inpaint_radius: int = 5
+    # Local model files (never downloaded at run time).
+    easyocr_model_dir: Optional[str] = None
+    easyocr_langs: list[str] = field(default_factory=lambda: ["en"])
+    lama_model_path: Optional[str] = None
+    # Where models run: auto -> CUDA when available.
+    device: str = "auto"
+    # Intra-op threads per model instance (onnxruntime / torch); 0 -> library default.
+    num_threads: int = 1
+    # Ray Data actor pool. Actors must not take every CPU or the read tasks starve (deadlock).
+    concurrency: int = 2
+    num_cpus_per_actor: float = 0.5
+    num_gpus_per_actor: float = 0.0
+    batch_size: int = 4
+    # Re-run the detector on each cleaned image and record residual detections.
+    audit: bool = True
+    # Images with the largest masks shown before/after in the contact sheet.
+    contact_sheet_size: int = 12
+    jpeg_quality: int = 95
+
+    def __post_init__(self) -> None:
+        check_choice("text_removal.detector", self.detector, DETECTORS)
+        check_choice("text_removal.inpainter", self.inpainter, INPAINTERS)
+        check_choice("text_removal.opencv_method", self.opencv_method, OPENCV_METHODS)
+        check_choice("text_removal.device", self.device, DEVICES)
+        check_positive("text_removal.dilation_px", self.dilation_px, allow_zero=True)
+        check_fraction("text_removal.min_text_score", self.min_text_score, inclusive_high=True)
+        check_fraction("text_removal.min_det_score", self.min_det_score, inclusive_high=True)
+        check_positive("text_removal.min_text_chars", self.min_text_chars, allow_zero=True)
+        check_positive("text_removal.min_box_height_px", self.min_box_height_px, allow_zero=True)
+        check_fraction("text_removal.max_box_height_fraction", self.max_box_height_fraction, inclusive_high=True)
+        check_fraction("text_removal.max_box_area_fraction", self.max_box_area_fraction, inclusive_high=True)
+        if self.det_limit_side_len < 32:
+            raise ConfigError("text_removal.det_limit_side_len", f"must be >= 32, got {self.det_limit_side_len}")
+        check_positive("text_removal.inpaint_radius", self.inpaint_radius)
+        if not self.easyocr_langs:
+            raise ConfigError("text_removal.easyocr_langs", "needs at least one language code, e.g. ['en']")
+        check_positive("text_removal.num_threads", self.num_threads, allow_zero=True)
+        check_positive("text_removal.concurrency", self.concurrency)
+        check_positive("text_removal.num_cpus_per_actor", self.num_cpus_per_actor)
+        check_positive("text_removal.num_gpus_per_actor", self.num_gpus_per_actor, allow_zero=True)
+        check_positive("text_removal.batch_size", self.batch_size)
+        check_positive("text_removal.contact_sheet_size", self.contact_sheet_size, allow_zero=True)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("text_removal.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")

@@ -1,0 +1,142 @@
+"""``WeldClassifierInference``: an exported weld classifier behind one small typed API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weldray.inference.providers import create_session, resolve_provider
+from weldray.inference.sidecar import ModelSidecar, read_sidecar
+from weldray.preprocessing import DEFAULT_MAX_PIXELS, ImageSource, load_image, resize_for_model
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REVIEW_THRESHOLD = 0.75
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits.astype(np.float64) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class WeldClassifierInference:
+    """Classify weld photos with an ONNX model exported by ``weldray export``.
+
+    Input goes through :mod:`weldray.preprocessing` (the one decode + resize policy); the
+    sidecar next to the model supplies class names, input size and temperature.
+
+    Args:
+        model_path: ``.onnx`` file (local path or s3:// URI) with its ``.json`` sidecar.
+        providers: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"tensorrt"``, a full ONNX Runtime provider
+            name, or a list whose first entry is used. The session fails rather than fall back.
+        tta: average the probabilities of the image and its horizontal mirror.
+        review_threshold: results with confidence below this get ``needs_review=True``.
+        intra_op_threads: ONNX Runtime threads (0 = its default).
+        max_pixels: decompression-bomb limit for encoded inputs.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        providers: str | Sequence[str] | None = "auto",
+        tta: bool = False,
+        *,
+        review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
+        intra_op_threads: int = 0,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        from weldray.io import read_bytes
+
+        self.model_path = str(model_path)
+        if self.model_path.endswith((".engine", ".plan")):
+            raise ValueError(
+                f"{self.model_path}: serve TensorRT through the ONNX model with providers='tensorrt' "
+                "(the engine cache written by `weldray export --format tensorrt` is reused)"
+            )
+        self.sidecar: ModelSidecar = read_sidecar(self.model_path)
+        self.classes = list(self.sidecar.classes)
+        self.input_size = int(self.sidecar.input_size)
+        self.temperature = float(self.sidecar.temperature)
+        self.tta = tta
+        self.review_threshold = review_threshold
+        self.max_pixels = max_pixels
+        self.provider = resolve_provider(providers)
+        options = self._provider_options()
+        self._session = create_session(read_bytes(self.model_path), self.provider, provider_options=options,
+                                       intra_op_threads=intra_op_threads)
+        self._input = self._session.get_inputs()[0].name
+
+    def _provider_options(self) -> dict[str, Any]:
+        if self.provider != "TensorrtExecutionProvider":
+            return {}
+        options = dict(self.sidecar.provider_options.get("tensorrt", {}))
+        cache = options.get("trt_engine_cache_path")
+        if cache and not Path(cache).is_absolute() and "://" not in self.model_path:
+            options["trt_engine_cache_path"] = str(Path(self.model_path).parent / cache)
+        return options
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What /metadata reports: classes, input size, provider, provenance."""
+        return {
+            "model_path": self.model_path,
+            "classes": self.classes,
+            "input_size": self.input_size,
+            "temperature": self.temperature,
+            "precision": self.sidecar.precision,
+            "backbone": self.sidecar.backbone,
+            "run_id": self.sidecar.run_id,
+            "manifest_sha256": self.sidecar.manifest_sha256,
+            "created": self.sidecar.created,
+            "provider": self.provider,
+            "active_providers": self._session.get_providers(),
+            "tta": self.tta,
+            "review_threshold": self.review_threshold,
+        }
+
+    def prepare(self, image: ImageSource) -> np.ndarray:
+        """uint8 HxWx3 at the model size (decode + the shared resize policy)."""
+        return resize_for_model(load_image(image, max_pixels=self.max_pixels), self.input_size)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities [B, C] for uint8 NHWC or float32 NCHW raw-RGB input at the model size."""
+        if batch.ndim != 4:
+            raise ValueError(f"expected a 4-D batch, got shape {batch.shape}")
+        if batch.shape[-1] == 3 and batch.shape[1] != 3:
+            batch = batch.transpose(0, 3, 1, 2)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        logits = self._session.run(None, {self._input: x})[0]
+        probs = softmax(logits, self.temperature)
+        if self.tta:
+            flipped = np.ascontiguousarray(x[..., ::-1])
+            probs = (probs + softmax(self._session.run(None, {self._input: flipped})[0], self.temperature)) / 2
+        return probs
+
+    def result(self, probs: np.ndarray) -> dict[str, Any]:
+        """One result dict from one row of probabilities."""
+        index = int(np.argmax(probs))
+        confidence = float(probs[index])
+        return {
+            "class": self.classes[index],
+            "class_index": index,
+            "confidence": confidence,
+            "probabilities": {name: float(p) for name, p in zip(self.classes, probs)},
+            "needs_review": confidence < self.review_threshold,
+        }
+
+    def predict(self, image: ImageSource) -> dict[str, Any]:
+        """Classify one image (path, s3:// URI, encoded bytes, PIL image or numpy array)."""
+        return self.predict_batch([image])[0]
+
+    def predict_batch(self, images: Sequence[ImageSource]) -> list[dict[str, Any]]:
+        """Classify several images in one forward pass; raises ImageError on the first bad one."""
+        if not images:
+            return []
+        batch = np.stack([self.prepare(img) for img in images])
+        return [self.result(row) for row in self.probabilities(batch)]

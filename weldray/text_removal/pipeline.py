@@ -1,0 +1,234 @@
+"""The text-removal job on Ray Data: read -> detect + inpaint (actor pool) -> write -> audit.
+
+Layout written under OUTPUT (local folder or s3:// prefix)::
+
+    OUTPUT/<class>/<name>.<ext>                    cleaned images, same relative paths as INPUT
+    OUTPUT/_text_removal/masks/<class>/<name>.png  inpaint masks (0/255)
+    OUTPUT/_text_removal/records.parquet           one row per input image (ok / skipped / reject)
+    OUTPUT/_text_removal/summary.json, audit.md, contact_sheet.png
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from weldray import io as wio
+from weldray.config import TextRemovalConfig, WeldrayConfig
+
+log = logging.getLogger(__name__)
+
+META_DIR = "_text_removal"
+RECORD_COLUMNS = [
+    "relpath", "input", "output", "mask", "sha256", "status", "reason", "width", "height",
+    "n_candidates", "n_text_boxes", "texts", "detections", "mask_fraction",
+    "residual_detections", "residual", "detect_ms", "inpaint_ms", "audit_ms",
+]
+
+
+@dataclass
+class CleanReport:
+    output: str
+    records_path: str
+    summary: dict[str, Any]
+    records: pd.DataFrame
+    audit_path: str
+    contact_sheet_path: str | None
+
+
+def _encode(image: np.ndarray, relpath: str, jpeg_quality: int) -> bytes:
+    from PIL import Image
+
+    ext = PurePosixPath(relpath).suffix.lower()
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
+           ".webp": "WEBP"}.get(ext, "PNG")
+    buf = io.BytesIO()
+    kwargs = {"quality": jpeg_quality} if fmt in ("JPEG", "WEBP") else {}
+    Image.fromarray(image).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def mask_relpath(relpath: str) -> str:
+    return str(PurePosixPath(META_DIR, "masks", relpath).with_suffix(".png"))
+
+
+def _empty_record(relpath: str, input_uri: str, sha: str) -> dict[str, Any]:
+    return {
+        "relpath": relpath, "input": input_uri, "output": "", "mask": "", "sha256": sha, "status": "",
+        "reason": "", "width": 0, "height": 0, "n_candidates": 0, "n_text_boxes": 0, "texts": "[]",
+        "detections": "[]", "mask_fraction": 0.0, "residual_detections": -1, "residual": "[]",
+        "detect_ms": 0.0, "inpaint_ms": 0.0, "audit_ms": 0.0,
+    }
+
+
+def process_image(
+    data: bytes,
+    relpath: str,
+    input_uri: str,
+    output: str,
+    cleaner: Any,  # TextCleaner
+    cfg: TextRemovalConfig,
+    *,
+    done: dict[str, str] | None = None,
+    endpoint_url: str | None = None,
+) -> dict[str, Any]:
+    """Clean one image and write its outputs; returns its record. Never raises for bad images."""
+    from weldray.preprocessing import ImageError, decode_image
+
+    sha = hashlib.sha256(data).hexdigest()
+    rec = _empty_record(relpath, input_uri, sha)
+    if done and done.get(relpath) == sha:
+        rec["status"] = "skipped"
+        return rec
+    try:
+        image = np.asarray(decode_image(data))
+    except ImageError as exc:
+        rec.update(status="reject", reason=f"{type(exc).__name__}: {exc.reason}")
+        return rec
+    res = cleaner.clean(image)
+    out_uri, mask_uri = wio.join(output, relpath), wio.join(output, mask_relpath(relpath))
+    encoded = _encode(res.image, relpath, cfg.jpeg_quality)
+    wio.write_bytes(mask_uri, _encode(res.mask, "m.png", 100), endpoint_url)
+    kept = res.kept
+    rec.update(
+        output=out_uri, mask=mask_uri, status="ok", width=image.shape[1], height=image.shape[0],
+        n_candidates=len(res.detections), n_text_boxes=len(kept),
+        texts=json.dumps([d.text for d in kept]),
+        detections=json.dumps([d.to_dict() for d in res.detections]),
+        mask_fraction=res.mask_fraction,
+        detect_ms=res.timings_ms["detect"], inpaint_ms=res.timings_ms["inpaint"],
+    )
+    if cfg.audit:
+        # Audit what training will read: the encoded file, not the in-memory array.
+        t = time.perf_counter()
+        residual = cleaner.residual(np.asarray(decode_image(encoded)))
+        rec.update(residual_detections=len(residual), residual=json.dumps([d.to_dict() for d in residual]),
+                   audit_ms=(time.perf_counter() - t) * 1e3)
+    # The image last: its presence (with the record's hash) is what resume trusts.
+    wio.write_bytes(out_uri, encoded, endpoint_url)
+    return rec
+
+
+class CleanActor:
+    """Ray Data actor: one detector + inpainter per actor, reused across batches."""
+
+    def __init__(self, cfg: TextRemovalConfig, input_root: str, input_is_s3: bool, output: str,
+                 done: dict[str, str], endpoint_url: str | None) -> None:
+        from weldray.text_removal.cleaner import TextCleaner
+
+        self.cfg, self.output, self.done, self.endpoint_url = cfg, output, done, endpoint_url
+        self.input_root, self.input_is_s3 = input_root.rstrip("/"), input_is_s3
+        self.cleaner = TextCleaner(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = []
+        for data, path in zip(batch["bytes"], batch["path"]):
+            relpath = str(path)[len(self.input_root) + 1 :]
+            uri = f"s3://{path}" if self.input_is_s3 else str(path)
+            rows.append(process_image(bytes(data), relpath, uri, self.output, self.cleaner, self.cfg,
+                                      done=self.done, endpoint_url=self.endpoint_url))
+        return {k: [r[k] for r in rows] for k in RECORD_COLUMNS}
+
+
+def list_inputs(input_uri: str, output: str, cfg: WeldrayConfig) -> list[str]:
+    """Image files under INPUT, minus anything under OUTPUT (when OUTPUT sits inside INPUT)."""
+    endpoint = cfg.data.s3_endpoint_url
+    files = wio.list_files(input_uri, cfg.data.extensions, endpoint)
+    out_prefix = wio.filesystem(output, endpoint)[1].rstrip("/") + "/"
+    in_is_s3 = wio.is_s3(input_uri)
+    return [f for f in files if not (f[len("s3://"):] if in_is_s3 else f).startswith(out_prefix)]
+
+
+def load_done(output: str, endpoint_url: str | None) -> tuple[pd.DataFrame | None, dict[str, str]]:
+    """Previous records and {relpath: sha256} of images whose cleaned output exists."""
+    path = wio.join(output, META_DIR, "records.parquet")
+    if not wio.exists(path, endpoint_url):
+        return None, {}
+    prev = pd.read_parquet(io.BytesIO(wio.read_bytes(path, endpoint_url)))
+    ok = prev[prev["status"] == "ok"]
+    existing = {f for f in (wio.list_files(output, None, endpoint_url) if wio.exists(output, endpoint_url) else [])}
+    done = {r.relpath: r.sha256 for r in ok.itertuples() if r.output in existing}
+    return prev, done
+
+
+def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool = True) -> CleanReport:
+    """Run the whole job on Ray Data; see the module docstring for what lands where."""
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from weldray.ray_utils import init_ray
+    from weldray.text_removal.audit import write_audit
+
+    tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
+    files = list_inputs(input_uri, output, cfg)
+    if not files:
+        raise FileNotFoundError(f"no images with extensions {cfg.data.extensions} under {input_uri}")
+    prev, done = load_done(output, endpoint)
+    fs, in_root = wio.filesystem(input_uri, endpoint)
+    paths = [f[len("s3://"):] if wio.is_s3(f) else f for f in files]
+
+    started = not ray.is_initialized()
+    init_ray(cfg.ray, job_name="clean_text")
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
+        ds = ds.map_batches(
+            CleanActor,
+            fn_constructor_kwargs=dict(cfg=tr, input_root=in_root, input_is_s3=wio.is_s3(input_uri),
+                                       output=output, done=done, endpoint_url=endpoint),
+            batch_size=tr.batch_size,
+            concurrency=tr.concurrency,
+            num_cpus=tr.num_cpus_per_actor,
+            num_gpus=tr.num_gpus_per_actor,
+        )
+        rows: list[dict[str, Any]] = []
+        with Progress(TextColumn("[bold]clean[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
+            task = bar.add_task("clean", total=len(paths), info="")
+            for row in ds.iter_rows():
+                rows.append(dict(row))
+                bar.update(task, advance=1, info=f"{row['status']:7s} {row['relpath']}")
+    finally:
+        if started:
+            ray.shutdown()
+    records = _merge(pd.DataFrame(rows, columns=RECORD_COLUMNS), prev)
+    return write_audit(records, output, cfg, endpoint_url=endpoint, n_inputs=len(paths))
+
+
+def _merge(new: pd.DataFrame, prev: pd.DataFrame | None) -> pd.DataFrame:
+    """Skipped rows take their previous record (status kept as 'ok', flagged resumed)."""
+    new = new.copy()
+    new["resumed"] = new["status"] == "skipped"
+    if prev is not None and new["resumed"].any():
+        prev_ok = prev[prev["status"] == "ok"].drop_duplicates("relpath", keep="last").set_index("relpath")
+        cols = [c for c in RECORD_COLUMNS if c != "relpath"]
+        skipped = new["resumed"]
+        filled = prev_ok.loc[new.loc[skipped, "relpath"], cols].reset_index()
+        filled["resumed"] = True
+        new = pd.concat([new[~skipped], filled], ignore_index=True)
+    return new.sort_values("relpath", ignore_index=True)
+
+
+def clean_loop(files: Iterable[str], input_uri: str, output: str, cfg: WeldrayConfig) -> pd.DataFrame:
+    """The same work as the Ray job in one process, no Ray (baseline for the benchmark)."""
+    from weldray.text_removal.cleaner import TextCleaner
+
+    tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
+    cleaner = TextCleaner(tr)
+    root = wio.filesystem(input_uri, endpoint)[1].rstrip("/")
+    rows = []
+    for f in files:
+        path = f[len("s3://"):] if wio.is_s3(f) else f
+        rows.append(process_image(wio.read_bytes(f, endpoint), path[len(root) + 1:], f, output, cleaner, tr,
+                                  endpoint_url=endpoint))
+    return pd.DataFrame(rows, columns=RECORD_COLUMNS)
