@@ -10,7 +10,13 @@ import logging
 
 import typer
 
+from weldray.cluster.cli import cluster_app, submit
 from weldray.data.cli import ingest
+from weldray.pipeline_cli import pipeline
+from weldray.export.cli import export
+from weldray.inference.cli import predict, serve
+from weldray.text_removal.cli import clean
+from weldray.training.cli import evaluate, train
 
 app = typer.Typer(
     name="weldray",
@@ -23,14 +29,24 @@ app = typer.Typer(
 
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    from rich.console import Console
     from rich.logging import RichHandler
 
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
-        handlers=[RichHandler(show_path=False, rich_tracebacks=True)],
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
     )
 
 
 # Stage commands: one line per command.
-app.command(context_settings={"allow_extra_args": False})(ingest)
+app.command()(ingest)
+app.command()(pipeline)
+app.command(context_settings={"allow_extra_args": False})(clean)
+app.command(context_settings={"allow_extra_args": False})(export)
+app.command(context_settings={"allow_extra_args": False})(predict)
+app.command(context_settings={"allow_extra_args": False})(serve)
+app.command(context_settings={"allow_extra_args": False})(train)
+app.command(context_settings={"allow_extra_args": False})(evaluate)
+app.command()(submit)
+app.add_typer(cluster_app, name="cluster")

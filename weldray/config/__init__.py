@@ -19,6 +19,7 @@ from weldray.config._base import ConfigError, check_choice
 from weldray.config.data import DataConfig, ProceduralConfig
 from weldray.config.export import ExportConfig
 from weldray.config.model import ModelConfig
+from weldray.config.pipeline import PipelineConfig
 from weldray.config.ray import RayConfig
 from weldray.config.serve import ServeConfig
 from weldray.config.text_removal import TextRemovalConfig
@@ -32,6 +33,7 @@ __all__ = [
     "DataConfig",
     "ExportConfig",
     "ModelConfig",
+    "PipelineConfig",
     "ProceduralConfig",
     "RayConfig",
     "ServeConfig",
@@ -56,6 +58,7 @@ class WeldrayConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
     def __post_init__(self) -> None:
         check_choice("profile", self.profile, PROFILES)

@@ -1,0 +1,71 @@
+"""Pipeline orchestration: run records, skipping up-to-date stages, re-running, failures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.data.helpers import write_dataset
+from weldray.config.pipeline import STAGES
+from weldray.pipeline import PIPELINE, StageError, run_pipeline, split_args
+
+
+def test_stage_order_is_the_documented_one() -> None:
+    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "train", "evaluate", "export")
+
+
+def test_split_args_turns_data_into_an_override() -> None:
+    assert split_args(["../welds", "training.epochs=3"]) == ["training.epochs=3", "data.root=../welds"]
+    assert split_args(["profile=quick_test"]) == ["profile=quick_test"]
+    assert split_args([]) == []
+
+
+def _overrides(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return [f"data.root={data}", f"output_dir={tmp_path / 'out'}", "data.n_folds=2", "text_removal.enabled=false",
+            "pipeline.stages=[clean,ingest]", *extra]
+
+
+def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "ds", 10)
+    run_dir = run_pipeline(_overrides(tmp_path, data))
+    assert run_dir == (tmp_path / "out" / "pipelines" / "ds-cpu").resolve()
+    doc = json.loads((run_dir / "pipeline.json").read_text())
+    assert doc["stages"]["clean"]["status"] == "skipped"
+    assert "text_removal.enabled=false" in doc["stages"]["clean"]["note"]
+    ingest = doc["stages"]["ingest"]
+    assert ingest["status"] == "done" and ingest["metrics"]["n_images"] == 20
+    assert Path(ingest["outputs"]["manifest"]).is_file()
+
+    # Same command again: nothing re-runs.
+    run_pipeline(_overrides(tmp_path, data))
+    again = json.loads((run_dir / "pipeline.json").read_text())["stages"]["ingest"]
+    assert again["started"] == ingest["started"] and again["key"] == ingest["key"]
+
+    # A config change that affects the stage re-runs it.
+    run_pipeline(_overrides(tmp_path, data, "data.near_duplicate_distance=4"))
+    changed = json.loads((run_dir / "pipeline.json").read_text())["stages"]["ingest"]
+    assert changed["key"] != ingest["key"]
+
+    # Deleted outputs re-run too.
+    Path(changed["outputs"]["manifest"]).unlink()
+    run_pipeline(_overrides(tmp_path, data, "data.near_duplicate_distance=4"))
+    assert Path(changed["outputs"]["manifest"]).is_file()
+
+
+def test_a_stage_cannot_run_before_its_inputs_exist(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "ds", 10)
+    with pytest.raises(StageError, match="ingest"):
+        run_pipeline(_overrides(tmp_path, data, "pipeline.stages=[train]"))
+
+
+def test_failed_stage_is_recorded_with_how_to_rerun(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "good_welds").mkdir(parents=True)
+    (empty / "bad_welds").mkdir()
+    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,train,evaluate,export\]"):
+        run_pipeline(_overrides(tmp_path, empty))
+    doc = json.loads((tmp_path / "out" / "pipelines" / "empty-cpu" / "pipeline.json").read_text())
+    assert doc["stages"]["ingest"]["status"] == "failed"
+    assert "no files" in doc["stages"]["ingest"]["note"]

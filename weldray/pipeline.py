@@ -1,0 +1,314 @@
+"""The end-to-end pipeline: clean -> ingest -> train -> evaluate -> export.
+
+Each stage's inputs, outputs, metrics and timing are recorded in ``RUN_DIR/pipeline.json``.
+A stage whose input key (its config slice plus the keys of the stages before it) is unchanged
+and whose outputs still exist is skipped, so re-running the same command resumes a run, and a
+failed stage can be re-run alone with ``pipeline.stages=[train]``.
+
+The same code runs under ``python jobs/pipeline.py`` (private local Ray) and under
+``ray job submit`` (joins the cluster through ``$RAY_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from weldray import io
+from weldray.config import WeldrayConfig, load_config
+from weldray.config.pipeline import STAGES
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "pipeline.json"
+
+
+class StageError(RuntimeError):
+    """A stage failed; the run file records it and says how to re-run it."""
+
+
+@dataclass
+class StageRecord:
+    name: str
+    status: str  # "done" | "skipped" | "failed"
+    key: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    started: str = ""
+    duration_s: float = 0.0
+    node_id: str = ""
+    note: str = ""
+
+
+@dataclass
+class PipelineRun:
+    """State shared by the stages: the overrides the user gave, the run folder and the records."""
+
+    overrides: list[str]
+    cfg: WeldrayConfig
+    run_dir: Path
+    records: dict[str, StageRecord] = field(default_factory=dict)
+
+    def stage_config(self, *extra: str) -> WeldrayConfig:
+        """The user's config recomposed with stage-specific overrides (keeps interpolations right)."""
+        return load_config([*self.overrides, *extra])
+
+    def output(self, stage: str, name: str) -> str:
+        record = self.records.get(stage)
+        if record is None or name not in record.outputs:
+            raise StageError(f"stage {stage!r} has no output {name!r} yet; run it first (pipeline.stages=[{stage}])")
+        return record.outputs[name]
+
+    def save(self) -> None:
+        doc = {
+            "run_dir": str(self.run_dir),
+            "config_fingerprint": self.cfg.fingerprint(),
+            "overrides": self.overrides,
+            "updated": _now(),
+            "stages": {name: asdict(r) for name, r in self.records.items()},
+        }
+        io.write_bytes(str(self.run_dir / RUN_FILE), json.dumps(doc, indent=2, default=str).encode())
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    # Config slice (and upstream stages) that decide whether a recorded result is still valid.
+    key_inputs: Callable[[PipelineRun], dict[str, Any]]
+    run: Callable[[PipelineRun], tuple[dict[str, str], dict[str, Any]]]
+    # Returns a reason to skip (e.g. disabled in config) or None.
+    skip_reason: Callable[[PipelineRun], str | None] = lambda run: None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _source_images(run: PipelineRun) -> str:
+    """The raw image folder: data.root, or the procedural sample generated on first use."""
+    root = run.cfg.data.root
+    if root is not None:
+        return root
+    from weldray.data.procedural import ProceduralSpec, generate_dataset
+
+    p = run.cfg.data.procedural
+    spec = ProceduralSpec(n_per_class=p.n_per_class, image_size=p.image_size, text_fraction=p.text_fraction,
+                          seed=p.seed)
+    return str(generate_dataset(p.out_dir, spec, progress=True))
+
+
+def _is_manifest(root: str | None) -> bool:
+    return bool(root) and (root.endswith(".parquet") or (not io.is_s3(root) and (Path(root) / "manifest.parquet").is_file()))
+
+
+# --- clean -------------------------------------------------------------------------------------------
+
+def _clean_skip(run: PipelineRun) -> str | None:
+    if _is_manifest(run.cfg.data.root):
+        return "data.root is a manifest of already prepared images"
+    if not run.cfg.text_removal.enabled:
+        return "text_removal.enabled=false"
+    return None
+
+
+def _clean(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    from weldray.text_removal.pipeline import clean_dataset
+
+    out = str(run.run_dir / "clean")
+    report = clean_dataset(_source_images(run), out, run.cfg, progress=True)
+    metrics = {k: v for k, v in report.summary.items() if isinstance(v, (int, float, str))}
+    return {"images": out, "records": report.records_path, "audit": report.audit_path}, metrics
+
+
+# --- ingest ------------------------------------------------------------------------------------------
+
+def _ingest(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    from weldray.data import ingest, manifest_sha256
+
+    if _is_manifest(run.cfg.data.root):
+        from weldray.data import resolve_dataset
+
+        manifest = resolve_dataset(run.cfg)
+        return {"manifest": str(manifest), "manifest_sha256": manifest_sha256(manifest)}, {}
+    clean = run.records.get("clean")
+    images = clean.outputs["images"] if clean and clean.status == "done" else _source_images(run)
+    cfg = run.stage_config(f"data.manifest_dir={run.run_dir / 'dataset'}")
+    result = ingest(images, cfg, progress=True)
+    metrics = {"n_images": result.n_images, "n_rejects": len(result.rejects),
+               "near_duplicate_groups": len(result.near_duplicate_groups),
+               "label_conflicts": len(result.label_conflicts), **{f"n_{k}": v for k, v in result.per_label.items()}}
+    return {"manifest": str(result.manifest_path), "manifest_sha256": manifest_sha256(result.manifest_path),
+            "split_report": str(result.manifest_dir / "split_report.md")}, metrics
+
+
+# --- train / evaluate / export -----------------------------------------------------------------------
+
+def _train_config(run: PipelineRun) -> WeldrayConfig:
+    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", f"output_dir={run.run_dir}")
+
+
+def _train(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    from weldray.training import train
+
+    run_dir = Path(train(_train_config(run)))
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"run_dir": str(run_dir), "checkpoint": str(run_dir / "model.pt")}, _scalars(metrics)
+
+
+def _evaluate(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    from weldray.evaluation import evaluate
+
+    report = Path(evaluate(Path(run.output("train", "run_dir")), _train_config(run)))
+    link = run.run_dir / "report"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(report.parent.resolve(), target_is_directory=True)
+    metrics_file = report.parent / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return {"report": str(report)}, _scalars(metrics)
+
+
+def _export(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    from weldray.export.pipeline import export_checkpoint
+
+    output = run.run_dir / "model" / "weld_classifier.onnx"
+    cfg = run.stage_config(f"data.root={run.output('ingest', 'manifest')}", f"export.output={output}")
+    result = export_checkpoint(run.output("train", "checkpoint"), cfg)
+    return {"model": str(result.path), **result.artefacts}, _scalars(result.report)
+
+
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested metrics to dotted scalar keys for the run file."""
+    out: dict[str, Any] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update(_scalars(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _slice(cfg: WeldrayConfig, *names: str) -> dict[str, Any]:
+    d = cfg.to_dict()
+    return {n: d[n] for n in names}
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": _slice(r.cfg, "data")["data"]["procedural"],
+                              **_slice(r.cfg, "text_removal")}, _clean, _clean_skip),
+    Stage("ingest", lambda r: {"data": {k: v for k, v in _slice(r.cfg, "data")["data"].items()}}, _ingest),
+    Stage("train", lambda r: _slice(r.cfg, "model", "training", "seed"), _train),
+    Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),
+    Stage("export", lambda r: _slice(r.cfg, "export"), _export),
+)
+
+
+def default_run_name(cfg: WeldrayConfig) -> str:
+    root = cfg.data.root
+    name = "procedural" if root is None else root.rstrip("/").rsplit("/", 1)[-1].removesuffix(".parquet") or "data"
+    return f"{name}-{cfg.profile}"
+
+
+def _stage_key(stage: Stage, run: PipelineRun, upstream: list[str]) -> str:
+    blob = json.dumps({"inputs": stage.key_inputs(run), "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _outputs_exist(record: StageRecord) -> bool:
+    return all(io.exists(v) for k, v in record.outputs.items() if k != "manifest_sha256")
+
+
+def run_pipeline(overrides: Sequence[str] = ()) -> Path:
+    """Run the configured stages in order and return the run directory."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    overrides = list(overrides)
+    cfg = load_config(overrides)
+    run_dir = Path(cfg.output_dir) / "pipelines" / (cfg.pipeline.run_name or default_run_name(cfg))
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = PipelineRun(overrides=overrides, cfg=cfg, run_dir=run_dir)
+    previous = _load_records(run_dir)
+    console.rule(f"weldray pipeline → {run_dir}")
+    upstream: list[str] = []
+    for stage in PIPELINE:
+        key = _stage_key(stage, run, upstream)
+        old = previous.get(stage.name)
+        selected = stage.name in cfg.pipeline.stages
+        reason = stage.skip_reason(run)
+        if not selected and not reason:
+            later = any(s in cfg.pipeline.stages for s in STAGES[STAGES.index(stage.name) + 1 :])
+            if later and (old is None or old.status != "done"):
+                raise StageError(
+                    f"stage {stage.name!r} has not completed in {run_dir}; add it to pipeline.stages"
+                )
+            if old is not None:
+                run.records[stage.name] = old
+            upstream.append(old.key if old else "")
+            continue
+        if reason:
+            run.records[stage.name] = StageRecord(stage.name, "skipped", key=key, note=reason, started=_now())
+            console.print(f"[yellow]- {stage.name}: skipped ({reason})")
+        elif old and old.status == "done" and old.key == key and not cfg.pipeline.force and _outputs_exist(old):
+            run.records[stage.name] = old
+            console.print(f"[green]✓ {stage.name}: up to date (recorded {old.started})")
+        else:
+            console.print(f"[bold]▶ {stage.name}")
+            node_id = _driver_node_id(cfg)
+            started, t0 = _now(), time.perf_counter()
+            try:
+                outputs, metrics = stage.run(run)
+            except Exception as exc:
+                run.records[stage.name] = StageRecord(
+                    stage.name, "failed", key=key, started=started, duration_s=round(time.perf_counter() - t0, 2),
+                    node_id=node_id, note="".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                )
+                run.save()
+                raise StageError(
+                    f"stage {stage.name!r} failed: {exc}\nfix the cause and re-run it alone with "
+                    f"pipeline.stages=[{','.join(STAGES[STAGES.index(stage.name):])}] (run dir {run_dir})"
+                ) from exc
+            run.records[stage.name] = StageRecord(
+                stage.name, "done", key=key, outputs=outputs, metrics=metrics, started=started,
+                duration_s=round(time.perf_counter() - t0, 2), node_id=node_id,
+            )
+            console.print(f"[green]✓ {stage.name}[/] {run.records[stage.name].duration_s:.1f}s")
+        upstream.append(run.records[stage.name].key)
+        run.save()
+    return run_dir
+
+
+def _driver_node_id(cfg: WeldrayConfig) -> str:
+    """Join/start Ray only when a stage actually runs (a fully up-to-date run needs no cluster)."""
+    import ray
+
+    from weldray.ray_utils import init_ray
+
+    init_ray(cfg.ray, job_name="pipeline")
+    return ray.get_runtime_context().get_node_id()
+
+
+def _load_records(run_dir: Path) -> dict[str, StageRecord]:
+    path = run_dir / RUN_FILE
+    if not path.is_file():
+        return {}
+    doc = json.loads(path.read_text())
+    return {name: StageRecord(**rec) for name, rec in doc.get("stages", {}).items()}
+
+
+def split_args(args: Sequence[str]) -> list[str]:
+    """``[DATA] [key=value ...]`` -> Hydra overrides (DATA becomes ``data.root=DATA``)."""
+    args = list(args)
+    if args and "=" not in args[0] and not args[0].startswith("~"):
+        return [*args[1:], f"data.root={args[0]}"]
+    return args
