@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from weldray.config._base import ConfigError, check_choice, check_positive
 
@@ -19,7 +18,7 @@ class ExportConfig:
     opset: int = 18
     # Real images for the parity check and INT8 calibration: a class-folder tree or a manifest.parquet.
     # None: the run's dataset manifest when it can be found, else data.root.
-    check_images: Optional[str] = None
+    check_images: str | None = None
     # Images used for the parity check and INT8 calibration.
     parity_images: int = 32
     calibration_images: int = 64

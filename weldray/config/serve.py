@@ -18,7 +18,7 @@ class ServeConfig:
     max_replicas: int = 2
     target_ongoing_requests: int = 4
     max_ongoing_requests: int = 16
-    # Requests waiting for a model replica beyond this are answered 503 (JSON) at once.
+    # Requests waiting for a model replica beyond this are answered 503 (JSON) at once; -1 = no limit.
     max_queued_requests: int = 64
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.005
@@ -45,11 +45,24 @@ class ServeConfig:
             raise ConfigError("serve.port", f"must be a TCP port, got {self.port}")
         check_positive("serve.min_replicas", self.min_replicas, allow_zero=True)
         if self.max_replicas < max(1, self.min_replicas):
-            raise ConfigError("serve.max_replicas", f"must be >= max(1, min_replicas), got {self.max_replicas}")
-        for key in ("target_ongoing_requests", "max_ongoing_requests", "max_batch_size", "max_body_bytes",
-                    "max_image_pixels", "max_batch_items", "ingress_replicas", "ingress_max_ongoing_requests"):
+            raise ConfigError(
+                "serve.max_replicas", f"must be >= max(1, min_replicas), got {self.max_replicas}"
+            )
+        for key in (
+            "target_ongoing_requests",
+            "max_ongoing_requests",
+            "max_batch_size",
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_batch_items",
+            "ingress_replicas",
+            "ingress_max_ongoing_requests",
+        ):
             check_positive(f"serve.{key}", getattr(self, key))
-        check_positive("serve.max_queued_requests", self.max_queued_requests, allow_zero=True)
+        if self.max_queued_requests < 1 and self.max_queued_requests != -1:
+            raise ConfigError(
+                "serve.max_queued_requests", f"must be -1 (no limit) or > 0, got {self.max_queued_requests}"
+            )
         check_positive("serve.batch_wait_timeout_s", self.batch_wait_timeout_s, allow_zero=True)
         check_positive("serve.num_cpus_per_replica", self.num_cpus_per_replica, allow_zero=True)
         check_positive("serve.num_gpus_per_replica", self.num_gpus_per_replica, allow_zero=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from weldray.config._base import ConfigError, check_choice, check_fraction, check_positive
 
@@ -23,25 +22,29 @@ class TextRemovalConfig:
     # Recognise the text in each detected box; needed for the score filter against weld ripples.
     recognize: bool = True
     # Minimum recognition confidence for a detected box to count as text (when recognize=true).
-    min_text_score: float = 0.5
+    min_text_score: float = 0.7
     # Minimum detector confidence of a box.
     min_det_score: float = 0.5
     # Recognised text needs at least this many letters/digits (ripples read as "-", "|", ".").
     min_text_chars: int = 1
+    # Widest plausible character (width / line height); ripples read as "CCC" over a whole bead.
+    max_char_aspect: float = 2.0
     # Box geometry filters, relative to the image: text lines are short and flat; ripples
     # and whole beads give tall or huge boxes.
     min_box_height_px: int = 6
     max_box_height_fraction: float = 0.3
-    max_box_area_fraction: float = 0.2
+    max_box_area_fraction: float = 0.4
+    # Detect + inpaint rounds; a later round runs only when the previous one found text.
+    passes: int = 2
     # Detector input scale (rapidocr: shorter side resized up to this many pixels).
     det_limit_side_len: int = 736
     # Inpainting.
     opencv_method: str = "telea"
     inpaint_radius: int = 5
     # Local model files (never downloaded at run time).
-    easyocr_model_dir: Optional[str] = None
+    easyocr_model_dir: str | None = None
     easyocr_langs: list[str] = field(default_factory=lambda: ["en"])
-    lama_model_path: Optional[str] = None
+    lama_model_path: str | None = None
     # Where models run: auto -> CUDA when available.
     device: str = "auto"
     # Intra-op threads per model instance (onnxruntime / torch); 0 -> library default.
@@ -66,11 +69,13 @@ class TextRemovalConfig:
         check_fraction("text_removal.min_text_score", self.min_text_score, inclusive_high=True)
         check_fraction("text_removal.min_det_score", self.min_det_score, inclusive_high=True)
         check_positive("text_removal.min_text_chars", self.min_text_chars, allow_zero=True)
+        check_positive("text_removal.max_char_aspect", self.max_char_aspect)
         check_positive("text_removal.min_box_height_px", self.min_box_height_px, allow_zero=True)
         check_fraction("text_removal.max_box_height_fraction", self.max_box_height_fraction, inclusive_high=True)
         check_fraction("text_removal.max_box_area_fraction", self.max_box_area_fraction, inclusive_high=True)
         if self.det_limit_side_len < 32:
             raise ConfigError("text_removal.det_limit_side_len", f"must be >= 32, got {self.det_limit_side_len}")
+        check_positive("text_removal.passes", self.passes)
         check_positive("text_removal.inpaint_radius", self.inpaint_radius)
         if not self.easyocr_langs:
             raise ConfigError("text_removal.easyocr_langs", "needs at least one language code, e.g. ['en']")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from weldray.cli_utils import exit_on_config_error, print_result
@@ -11,9 +9,13 @@ from weldray.cli_utils import exit_on_config_error, print_result
 
 def export(
     source: str = typer.Argument(..., help="Training run directory (holding model.pt) or a checkpoint file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides, e.g. export.check_images=DIR."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="fp32 ONNX path (INT8/TensorRT go beside it)."),
-    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="onnx | int8 | tensorrt (default export.format)."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. export.check_images=DIR."),
+    output: str | None = typer.Option(
+        None, "--output", "-o", help="fp32 ONNX path (INT8/TensorRT go beside it)."
+    ),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="onnx | int8 | tensorrt (default export.format)."
+    ),
 ) -> None:
     """Export a checkpoint to ONNX (+ static INT8 or a TensorRT engine), checked against it on real images."""
     from rich.console import Console
@@ -34,16 +36,27 @@ def export(
     for col in ("comparison", "argmax agreement", "max |dp|", "notes"):
         table.add_column(col)
     r = result.report
-    table.add_row("ONNX fp32 vs PyTorch", f"{r['onnx_vs_torch']['argmax_agreement']:.2%}",
-                  f"{r['onnx_vs_torch']['max_abs_prob_diff']:.2e}", f"{r['fp32_size_mb']:.1f} MB")
+    table.add_row(
+        "ONNX fp32 vs PyTorch",
+        f"{r['onnx_vs_torch']['argmax_agreement']:.2%}",
+        f"{r['onnx_vs_torch']['max_abs_prob_diff']:.2e}",
+        f"{r['fp32_size_mb']:.1f} MB",
+    )
     if "int8" in r:
         q = r["int8"]
-        table.add_row("ONNX INT8 vs fp32", f"{q['vs_fp32']['argmax_agreement']:.2%}",
-                      f"{q['vs_fp32']['max_abs_prob_diff']:.2e}",
-                      f"{q['size_mb']:.1f} MB; b1 {q['b1_latency_ms']:.1f} ms vs fp32 {q['fp32_b1_latency_ms']:.1f} ms")
+        table.add_row(
+            "ONNX INT8 vs fp32",
+            f"{q['vs_fp32']['argmax_agreement']:.2%}",
+            f"{q['vs_fp32']['max_abs_prob_diff']:.2e}",
+            f"{q['size_mb']:.1f} MB; b1 {q['b1_latency_ms']:.1f} ms vs fp32 {q['fp32_b1_latency_ms']:.1f} ms",
+        )
     if "tensorrt" in r:
         t = r["tensorrt"]
-        table.add_row(f"TensorRT {t['precision']} vs fp32", f"{t['vs_fp32']['argmax_agreement']:.2%}",
-                      f"{t['vs_fp32']['max_abs_prob_diff']:.2e}", f"b1 {t['b1_latency_ms']:.2f} ms")
+        table.add_row(
+            f"TensorRT {t['precision']} vs fp32",
+            f"{t['vs_fp32']['argmax_agreement']:.2%}",
+            f"{t['vs_fp32']['max_abs_prob_diff']:.2e}",
+            f"b1 {t['b1_latency_ms']:.2f} ms",
+        )
     Console(stderr=True).print(table)
     print_result(result.path)

@@ -43,7 +43,9 @@ def _from_manifest(path: Path, cfg: WeldrayConfig) -> CheckImages:
     train = df[df["split"] == "train"]["path"].tolist()
     parity = _spread(held_out, cfg.export.parity_images, cfg.seed)
     if len(parity) < cfg.export.parity_images:  # small manifests: top up from train
-        parity += _spread([p for p in train if p not in parity], cfg.export.parity_images - len(parity), cfg.seed)
+        parity += _spread(
+            [p for p in train if p not in parity], cfg.export.parity_images - len(parity), cfg.seed
+        )
     calibration = _spread(train or held_out, cfg.export.calibration_images, cfg.seed + 1)
     return CheckImages(parity, calibration, f"manifest {path}")
 
@@ -58,12 +60,14 @@ def _from_folder(root: str, cfg: WeldrayConfig) -> CheckImages:
         raise NoCheckImagesError(f"no images with extensions {cfg.data.extensions} under {root}")
     shuffled = _spread(files, len(files), cfg.seed)
     parity = shuffled[: cfg.export.parity_images]
-    rest = shuffled[len(parity):] or shuffled
+    rest = shuffled[len(parity) :] or shuffled
     return CheckImages(parity, rest[: cfg.export.calibration_images], f"folder {root}")
 
 
 def _from_source(source: str, cfg: WeldrayConfig) -> CheckImages:
-    if source.endswith(".parquet") or (not source.startswith("s3://") and (Path(source) / "manifest.parquet").is_file()):
+    if source.endswith(".parquet") or (
+        not source.startswith("s3://") and (Path(source) / "manifest.parquet").is_file()
+    ):
         path = Path(source)
         return _from_manifest(path if path.suffix == ".parquet" else path / "manifest.parquet", cfg)
     return _from_folder(source, cfg)
@@ -93,8 +97,11 @@ def select_check_images(cfg: WeldrayConfig, manifest_sha256: str = "") -> CheckI
     if manifest is not None:
         return _from_manifest(manifest, cfg)
     if cfg.data.root:
-        log.warning("the run's manifest (sha256 %s) was not found; checking on data.root=%s",
-                    manifest_sha256[:12] or "?", cfg.data.root)
+        log.warning(
+            "the run's manifest (sha256 %s) was not found; checking on data.root=%s",
+            manifest_sha256[:12] or "?",
+            cfg.data.root,
+        )
         return _from_source(cfg.data.root, cfg)
     raise NoCheckImagesError(
         "no real images for the parity check: the run's dataset manifest "

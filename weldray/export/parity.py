@@ -60,13 +60,13 @@ def torch_probabilities(model, x: np.ndarray, temperature: float, batch_size: in
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            out.append(model(torch.from_numpy(x[i:i + batch_size])).float().numpy())
+            out.append(model(torch.from_numpy(x[i : i + batch_size])).float().numpy())
     return softmax(np.concatenate(out), temperature)
 
 
 def session_probabilities(session, x: np.ndarray, temperature: float, batch_size: int = 16) -> np.ndarray:
     name = session.get_inputs()[0].name
-    out = [session.run(None, {name: x[i:i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    out = [session.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return softmax(np.concatenate(out), temperature)
 
 

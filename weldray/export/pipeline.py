@@ -17,7 +17,13 @@ from typing import Any
 from weldray.config import WeldrayConfig
 from weldray.export.images import select_check_images
 from weldray.export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
-from weldray.export.parity import compare, load_inputs, session_latency_ms, session_probabilities, torch_probabilities
+from weldray.export.parity import (
+    compare,
+    load_inputs,
+    session_latency_ms,
+    session_probabilities,
+    torch_probabilities,
+)
 from weldray.inference.sidecar import ModelSidecar, sidecar_path, write_sidecar
 
 log = logging.getLogger(__name__)
@@ -60,18 +66,25 @@ def _remove(*paths: Path) -> None:
 
 
 def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
-    log.info("%s: argmax agreement %.2f%% on %d images, max |dp| %.2e", name, 100 * agreement.argmax_agreement,
-             agreement.n, agreement.max_abs_prob_diff)
+    log.info(
+        "%s: argmax agreement %.2f%% on %d images, max |dp| %.2e",
+        name,
+        100 * agreement.argmax_agreement,
+        agreement.n,
+        agreement.max_abs_prob_diff,
+    )
     if agreement.argmax_agreement < minimum:
         _remove(*artefacts)
         raise ParityError(
-            f"{name}: argmax agreement {agreement.argmax_agreement:.2%} on {agreement.n} real images is below "
-            f"the required {minimum:.2%} (max |dp| {agreement.max_abs_prob_diff:.3g}); removed {[str(a) for a in artefacts]}"
+            f"{name}: argmax agreement {agreement.argmax_agreement:.2%} on {agreement.n} real images is "
+            f"below the required {minimum:.2%} (max |dp| {agreement.max_abs_prob_diff:.3g}); "
+            f"removed {[str(a) for a in artefacts]}"
         )
 
 
-def export_checkpoint(source: str | Path, cfg: WeldrayConfig, *, fmt: str | None = None,
-                      output: str | Path | None = None) -> ExportResult:
+def export_checkpoint(
+    source: str | Path, cfg: WeldrayConfig, *, fmt: str | None = None, output: str | Path | None = None
+) -> ExportResult:
     """Export the checkpoint (file or run dir) ``source`` in ``fmt`` (default ``export.format``)."""
     import onnxruntime as ort  # noqa: F401  (fail early when missing)
 
@@ -92,10 +105,17 @@ def export_checkpoint(source: str | Path, cfg: WeldrayConfig, *, fmt: str | None
     log.info("parity check on %d real images from %s", len(used), images.source)
 
     sidecar = ModelSidecar(
-        classes=list(meta.classes), input_size=size, temperature=float(meta.temperature),
-        input_name=INPUT_NAME, output_name=OUTPUT_NAME, precision="fp32",
-        backbone=str(meta.model.get("backbone", "")), run_id=meta.run_id or "",
-        manifest_sha256=meta.manifest_sha256 or "", source_checkpoint=str(source), opset=cfg.export.opset,
+        classes=list(meta.classes),
+        input_size=size,
+        temperature=float(meta.temperature),
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+        precision="fp32",
+        backbone=str(meta.model.get("backbone", "")),
+        run_id=meta.run_id or "",
+        manifest_sha256=meta.manifest_sha256 or "",
+        source_checkpoint=str(source),
+        opset=cfg.export.opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
     report: dict[str, Any] = {"check_images": images.source, "n_check_images": len(used)}
@@ -116,14 +136,20 @@ def export_checkpoint(source: str | Path, cfg: WeldrayConfig, *, fmt: str | None
 
     int8_source = None
     if fmt == "int8" or cfg.export.tensorrt_precision == "int8":
-        result = _export_int8(paths, cfg, sidecar, images.calibration, size, fp32, x_check, p_torch, p_fp32, report)
+        result = _export_int8(
+            paths, cfg, sidecar, images.calibration, size, fp32, x_check, p_torch, p_fp32, report
+        )
         int8_source = result.path
     if fmt == "tensorrt":
-        result = _export_tensorrt(paths, cfg, sidecar, int8_source or paths["onnx"], fp32, x_check, p_fp32, report)
+        result = _export_tensorrt(
+            paths, cfg, sidecar, int8_source or paths["onnx"], fp32, x_check, p_fp32, report
+        )
     return result
 
 
-def _export_int8(paths, cfg, sidecar, calibration_paths, size, fp32, x_check, p_torch, p_fp32, report) -> ExportResult:
+def _export_int8(
+    paths, cfg, sidecar, calibration_paths, size, fp32, x_check, p_torch, p_fp32, report
+) -> ExportResult:
     from dataclasses import replace
 
     from weldray.export.quantize import quantize_int8
@@ -145,11 +171,13 @@ def _export_int8(paths, cfg, sidecar, calibration_paths, size, fp32, x_check, p_
         "b1_latency_ms": session_latency_ms(int8, one),
         "fp32_b1_latency_ms": session_latency_ms(fp32, one),
     }
-    int8_sidecar = replace(sidecar, precision="int8", checks={"vs_fp32": vs_fp32.to_dict(),
-                                                               "calibration_images": len(used)})
+    int8_sidecar = replace(
+        sidecar, precision="int8", checks={"vs_fp32": vs_fp32.to_dict(), "calibration_images": len(used)}
+    )
     write_sidecar(paths["int8"], int8_sidecar)
-    return ExportResult(paths["int8"], "int8", int8_sidecar, {"onnx": str(paths["onnx"]), "int8": str(paths["int8"])},
-                        report)
+    return ExportResult(
+        paths["int8"], "int8", int8_sidecar, {"onnx": str(paths["onnx"]), "int8": str(paths["int8"])}, report
+    )
 
 
 def _export_tensorrt(paths, cfg, sidecar, onnx_source: Path, fp32, x_check, p_fp32, report) -> ExportResult:
@@ -163,15 +191,28 @@ def _export_tensorrt(paths, cfg, sidecar, onnx_source: Path, fp32, x_check, p_fp
     options = tensorrt_options(cache.name, sidecar.input_size, precision, cfg.export.tensorrt_max_batch)
     session = build_engine(paths["tensorrt"], options, cache)
     x = x_check[: cfg.export.tensorrt_max_batch]
-    vs_fp32 = compare(p_fp32[: len(x)], session_probabilities(session, x, sidecar.temperature,
-                                                              batch_size=cfg.export.tensorrt_max_batch))
+    vs_fp32 = compare(
+        p_fp32[: len(x)],
+        session_probabilities(session, x, sidecar.temperature, batch_size=cfg.export.tensorrt_max_batch),
+    )
     minimum = cfg.export.min_int8_agreement if precision == "int8" else cfg.export.min_agreement
     _check(f"TensorRT {precision} vs ONNX fp32", vs_fp32, minimum, paths["tensorrt"], cache)
-    report["tensorrt"] = {"precision": precision, "vs_fp32": vs_fp32.to_dict(),
-                          "b1_latency_ms": session_latency_ms(session, x[:1])}
-    trt_sidecar = replace(sidecar, precision=f"tensorrt-{precision}", checks={"vs_fp32": vs_fp32.to_dict()},
-                          provider_options={"tensorrt": options})
+    report["tensorrt"] = {
+        "precision": precision,
+        "vs_fp32": vs_fp32.to_dict(),
+        "b1_latency_ms": session_latency_ms(session, x[:1]),
+    }
+    trt_sidecar = replace(
+        sidecar,
+        precision=f"tensorrt-{precision}",
+        checks={"vs_fp32": vs_fp32.to_dict()},
+        provider_options={"tensorrt": options},
+    )
     write_sidecar(paths["tensorrt"], trt_sidecar)
-    return ExportResult(paths["tensorrt"], "tensorrt", trt_sidecar,
-                        {"onnx": str(paths["onnx"]), "tensorrt": str(paths["tensorrt"]), "engine_cache": str(cache)},
-                        report)
+    return ExportResult(
+        paths["tensorrt"],
+        "tensorrt",
+        trt_sidecar,
+        {"onnx": str(paths["onnx"]), "tensorrt": str(paths["tensorrt"]), "engine_cache": str(cache)},
+        report,
+    )

@@ -22,7 +22,7 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int):
         """Feeds preprocessed real images (float32 NCHW raw RGB) in small batches."""
 
         def __init__(self) -> None:
-            self._batches = iter([x[i:i + batch_size] for i in range(0, len(x), batch_size)])
+            self._batches = iter([x[i : i + batch_size] for i in range(0, len(x), batch_size)])
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
@@ -31,8 +31,14 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int):
     return ImageCalibrationReader()
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarray, *,
-                  input_name: str = "input", batch_size: int = 8) -> Path:
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: np.ndarray,
+    *,
+    input_name: str = "input",
+    batch_size: int = 8,
+) -> Path:
     """Write a static INT8 QDQ model (per-channel weights, MinMax activations) to ``out_path``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

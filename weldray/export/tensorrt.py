@@ -34,8 +34,9 @@ def require_tensorrt() -> None:
         )
 
 
-def tensorrt_options(cache_dir: str, image_size: int, precision: str, max_batch: int,
-                     input_name: str = "input") -> dict[str, Any]:
+def tensorrt_options(
+    cache_dir: str, image_size: int, precision: str, max_batch: int, input_name: str = "input"
+) -> dict[str, Any]:
     """Provider options: an engine cache and one optimisation profile covering batch 1..max_batch."""
     shape = f"3x{image_size}x{image_size}"
     return {

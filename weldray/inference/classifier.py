@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,8 +69,11 @@ class WeldClassifierInference:
         self.max_pixels = max_pixels
         self.provider = resolve_provider(providers)
         options = self._provider_options()
-        self._session = create_session(read_bytes(self.model_path), self.provider, provider_options=options,
-                                       intra_op_threads=intra_op_threads)
+        blob = read_bytes(self.model_path)
+        self.model_sha256 = hashlib.sha256(blob).hexdigest()
+        self._session = create_session(
+            blob, self.provider, provider_options=options, intra_op_threads=intra_op_threads
+        )
         self._input = self._session.get_inputs()[0].name
 
     def _provider_options(self) -> dict[str, Any]:
@@ -86,6 +90,8 @@ class WeldClassifierInference:
         """What /metadata reports: classes, input size, provider, provenance."""
         return {
             "model_path": self.model_path,
+            "model_version": self.model_sha256[:12],
+            "model_sha256": self.model_sha256,
             "classes": self.classes,
             "input_size": self.input_size,
             "temperature": self.temperature,
@@ -115,7 +121,9 @@ class WeldClassifierInference:
         probs = softmax(logits, self.temperature)
         if self.tta:
             flipped = np.ascontiguousarray(x[..., ::-1])
-            probs = (probs + softmax(self._session.run(None, {self._input: flipped})[0], self.temperature)) / 2
+            probs = (
+                probs + softmax(self._session.run(None, {self._input: flipped})[0], self.temperature)
+            ) / 2
         return probs
 
     def result(self, probs: np.ndarray) -> dict[str, Any]:
@@ -126,7 +134,7 @@ class WeldClassifierInference:
             "class": self.classes[index],
             "class_index": index,
             "confidence": confidence,
-            "probabilities": {name: float(p) for name, p in zip(self.classes, probs)},
+            "probabilities": {name: float(p) for name, p in zip(self.classes, probs, strict=True)},
             "needs_review": confidence < self.review_threshold,
         }
 

@@ -48,18 +48,22 @@ def resolve_provider(name: str | Sequence[str] | None) -> str:
         name = names[0]
     available = ort.get_available_providers()
     if name == "auto":
-        if _gpu_count() > 0:
-            for candidate in ("TensorrtExecutionProvider", "CUDAExecutionProvider"):
-                if candidate in available:
-                    return candidate
+        gpu_providers = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+        if gpu_providers and _gpu_count() > 0:  # only ask torch/CUDA when ONNX Runtime could use a GPU
+            return gpu_providers[0]
         return "CPUExecutionProvider"
     full = ALIASES.get(name.lower(), name)
     if full not in available:
         hint = ""
         if full in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
-            hint = (" (needs an NVIDIA GPU with onnxruntime-gpu" + (" and TensorRT" if "Tensorrt" in full else "")
-                    + " installed instead of onnxruntime: pip install 'weldray[gpu]')")
-        raise ProviderError(f"execution provider {full} is not available; ONNX Runtime offers {available}{hint}")
+            hint = (
+                " (needs an NVIDIA GPU with onnxruntime-gpu"
+                + (" and TensorRT" if "Tensorrt" in full else "")
+                + " installed instead of onnxruntime: pip install 'weldray[gpu]')"
+            )
+        raise ProviderError(
+            f"execution provider {full} is not available; ONNX Runtime offers {available}{hint}"
+        )
     return full
 
 

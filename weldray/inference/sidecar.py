@@ -16,7 +16,7 @@ FORMAT_VERSION = 1
 
 #: How :func:`weldray.preprocessing.prepare` builds the model input; recorded for non-Python consumers.
 PREPROCESSING: dict[str, Any] = {
-    "decode": "8-bit RGB (grayscale/16-bit/CMYK converted, alpha composited on white, EXIF orientation applied)",
+    "decode": "8-bit RGB (grayscale/16-bit/CMYK converted, alpha on white, EXIF orientation applied)",
     "resize": "whole image squashed to input_size x input_size, bilinear, no crop",
     "layout": "NCHW",
     "dtype": "float32",

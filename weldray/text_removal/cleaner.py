@@ -46,8 +46,9 @@ class CleanResult:
 class TextCleaner:
     """One detector + one inpainter, loaded once and reused (one per Ray actor)."""
 
-    def __init__(self, cfg: TextRemovalConfig, detector: TextDetector | None = None,
-                 inpainter: Inpainter | None = None) -> None:
+    def __init__(
+        self, cfg: TextRemovalConfig, detector: TextDetector | None = None, inpainter: Inpainter | None = None
+    ) -> None:
         self.cfg = cfg
         self.detector = detector or create_detector(cfg)
         self.inpainter = inpainter or create_inpainter(cfg)
@@ -57,13 +58,27 @@ class TextCleaner:
         return filter_detections(self.detector.detect(image), image.shape, self.cfg)
 
     def clean(self, image: np.ndarray) -> CleanResult:
+        """Detect and inpaint, repeated up to ``passes`` times: text hidden behind larger text
+        (stamps under captions, faint watermarks) often shows only once the first layer is gone."""
         t0 = time.perf_counter()
-        dets = self.find_text(image)
-        t1 = time.perf_counter()
-        mask = text_mask(dets, image.shape, self.cfg.dilation_px)
-        out = self.inpainter.inpaint(image, mask) if mask.any() else image
-        t2 = time.perf_counter()
-        return CleanResult(out, mask, dets, timings_ms={"detect": (t1 - t0) * 1e3, "inpaint": (t2 - t1) * 1e3})
+        detect_s = 0.0
+        out, mask, dets = image, np.zeros(image.shape[:2], np.uint8), []
+        for p in range(self.cfg.passes):
+            t = time.perf_counter()
+            found = self.find_text(out)
+            detect_s += time.perf_counter() - t
+            for d in found:
+                d.pass_index = p
+            dets += found
+            new = text_mask(found, image.shape, self.cfg.dilation_px)
+            if not new.any():
+                break
+            out = self.inpainter.inpaint(out, new)
+            mask = np.maximum(mask, new)
+        total_ms = (time.perf_counter() - t0) * 1e3
+        return CleanResult(
+            out, mask, dets, timings_ms={"detect": detect_s * 1e3, "inpaint": total_ms - detect_s * 1e3}
+        )
 
     def residual(self, cleaned: np.ndarray) -> list[Detection]:
         """The audit: text the same detector and filters still find on a cleaned image."""

@@ -30,6 +30,8 @@ class Detection:
     text_score: float | None = None
     kept: bool = True
     reason: str = ""
+    # Which cleaning pass found it (0 = on the original image).
+    pass_index: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -39,6 +41,7 @@ class Detection:
             "text_score": None if self.text_score is None else round(float(self.text_score), 4),
             "kept": self.kept,
             "reason": self.reason,
+            "pass": self.pass_index,
         }
 
 
@@ -90,7 +93,9 @@ def resolve_device(device: str) -> str:
         return "cpu"
 
 
-def filter_detections(dets: list[Detection], image_shape: tuple[int, ...], cfg: TextRemovalConfig) -> list[Detection]:
+def filter_detections(
+    dets: list[Detection], image_shape: tuple[int, ...], cfg: TextRemovalConfig
+) -> list[Detection]:
     """Mark each candidate kept or rejected (with a reason) by score and geometry thresholds."""
     h, w = image_shape[:2]
     for d in dets:
@@ -103,6 +108,13 @@ def filter_detections(dets: list[Detection], image_shape: tuple[int, ...], cfg: 
             reason = f"text_score {d.text_score:.2f} < {cfg.min_text_score}"
         elif d.text_score is not None and sum(ch.isalnum() for ch in d.text) < cfg.min_text_chars:
             reason = f"text {d.text!r} has < {cfg.min_text_chars} letters/digits"
+        elif (
+            d.text_score is not None
+            and d.text
+            and rect_w / (len(d.text) * max(rect_h, 1.0)) > cfg.max_char_aspect
+        ):
+            # Ripples along a bead read as a few letters stretched over a long box.
+            reason = f"{len(d.text)} chars over a {rect_w:.0f}x{rect_h:.0f}px box (> {cfg.max_char_aspect} w/h per char)"
         elif rect_h < cfg.min_box_height_px:
             reason = f"box height {rect_h:.0f}px < {cfg.min_box_height_px}px"
         elif rect_h > cfg.max_box_height_fraction * h:
@@ -154,7 +166,10 @@ class RapidOCRDetector:
         det = self._engine(bgr, use_det=True, use_cls=False, use_rec=False)
         if getattr(det, "boxes", None) is None or len(det.boxes) == 0:
             return []
-        dets = [Detection(box=np.asarray(b, np.float32), det_score=float(s)) for b, s in zip(det.boxes, det.scores)]
+        dets = [
+            Detection(box=np.asarray(b, np.float32), det_score=float(s))
+            for b, s in zip(det.boxes, det.scores)
+        ]
         if self.recognizes:
             for d in dets:
                 crop = get_rotate_crop_image(bgr, d.box.copy())
@@ -176,8 +191,14 @@ def _build_rapidocr(cfg: TextRemovalConfig):  # -> rapidocr.RapidOCR
     from rapidocr import RapidOCR
 
     root = rapidocr_model_dir()
-    paths = {k: root / f for k, f in (("Det", RapidOCRDetector.DET_MODEL), ("Rec", RapidOCRDetector.REC_MODEL),
-                                      ("Cls", RapidOCRDetector.CLS_MODEL))}
+    paths = {
+        k: root / f
+        for k, f in (
+            ("Det", RapidOCRDetector.DET_MODEL),
+            ("Rec", RapidOCRDetector.REC_MODEL),
+            ("Cls", RapidOCRDetector.CLS_MODEL),
+        )
+    }
     for key, path in paths.items():
         if key != "Cls" and not path.is_file():
             raise MissingWeightsError(
@@ -301,8 +322,10 @@ class EasyOCRDetector:
         if self.recognizes:
             out = self._reader.readtext(image)
             # easyocr reports no separate detection score: CRAFT's own thresholds already applied.
-            return [Detection(box=np.asarray(b, np.float32), det_score=1.0, text=str(t), text_score=float(s))
-                    for b, t, s in out]
+            return [
+                Detection(box=np.asarray(b, np.float32), det_score=1.0, text=str(t), text_score=float(s))
+                for b, t, s in out
+            ]
         horizontal, free = self._reader.detect(image)
         dets = [
             Detection(box=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32), det_score=1.0)

@@ -82,20 +82,7 @@ class LamaInpainter:
     def __init__(self, model_path: str | Path | None, device: str = "auto", num_threads: int = 0) -> None:
         import torch
 
-        if not model_path:
-            raise MissingWeightsError(
-                "the lama inpainter needs the Big-LaMa TorchScript file big-lama.pt: set "
-                "text_removal.lama_model_path=/path/to/big-lama.pt (download it once on a machine with network "
-                "access, e.g. from https://github.com/enesmsahin/simple-lama-inpainting/releases/download/v0.1.0/"
-                "big-lama.pt); weldray never downloads at run time"
-            )
-        path = Path(model_path).expanduser()
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"Big-LaMa TorchScript file big-lama.pt not found at {path}: download it on a machine with network "
-                "access (https://github.com/enesmsahin/simple-lama-inpainting/releases/download/v0.1.0/big-lama.pt), "
-                "copy it there, or point text_removal.lama_model_path at it"
-            )
+        path = check_lama_file(model_path)
         if num_threads > 0:
             torch.set_num_threads(num_threads)
         self.device = torch.device(resolve_device(device))
@@ -118,6 +105,24 @@ class LamaInpainter:
         out_np = out[0].permute(1, 2, 0).float().cpu().numpy()[:h, :w]
         filled = np.clip(out_np * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.where(binary[..., None], filled, image)
+
+
+def check_lama_file(model_path: str | Path | None) -> Path:
+    """The Big-LaMa file, or an error naming it and how to provide it (never downloaded at run time)."""
+    url = "https://github.com/enesmsahin/simple-lama-inpainting/releases/download/v0.1.0/big-lama.pt"
+    if not model_path:
+        raise MissingWeightsError(
+            "the lama inpainter needs the Big-LaMa TorchScript file big-lama.pt: download it once on a machine "
+            f"with network access ({url}) and set text_removal.lama_model_path=/path/to/big-lama.pt; "
+            "weldray never downloads at run time"
+        )
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"Big-LaMa TorchScript file big-lama.pt not found at {path}: download it on a machine with network "
+            f"access ({url}), copy it there, or point text_removal.lama_model_path at it"
+        )
+    return path
 
 
 def _pad_to_modulo(arr: np.ndarray, mod: int) -> np.ndarray:

@@ -30,9 +30,25 @@ log = logging.getLogger(__name__)
 
 META_DIR = "_text_removal"
 RECORD_COLUMNS = [
-    "relpath", "input", "output", "mask", "sha256", "status", "reason", "width", "height",
-    "n_candidates", "n_text_boxes", "texts", "detections", "mask_fraction",
-    "residual_detections", "residual", "detect_ms", "inpaint_ms", "audit_ms",
+    "relpath",
+    "input",
+    "output",
+    "mask",
+    "sha256",
+    "status",
+    "reason",
+    "width",
+    "height",
+    "n_candidates",
+    "n_text_boxes",
+    "texts",
+    "detections",
+    "mask_fraction",
+    "residual_detections",
+    "residual",
+    "detect_ms",
+    "inpaint_ms",
+    "audit_ms",
 ]
 
 
@@ -50,8 +66,15 @@ def _encode(image: np.ndarray, relpath: str, jpeg_quality: int) -> bytes:
     from PIL import Image
 
     ext = PurePosixPath(relpath).suffix.lower()
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF",
-           ".webp": "WEBP"}.get(ext, "PNG")
+    fmt = {
+        ".jpg": "JPEG",
+        ".jpeg": "JPEG",
+        ".png": "PNG",
+        ".bmp": "BMP",
+        ".tif": "TIFF",
+        ".tiff": "TIFF",
+        ".webp": "WEBP",
+    }.get(ext, "PNG")
     buf = io.BytesIO()
     kwargs = {"quality": jpeg_quality} if fmt in ("JPEG", "WEBP") else {}
     Image.fromarray(image).save(buf, format=fmt, **kwargs)
@@ -64,10 +87,25 @@ def mask_relpath(relpath: str) -> str:
 
 def _empty_record(relpath: str, input_uri: str, sha: str) -> dict[str, Any]:
     return {
-        "relpath": relpath, "input": input_uri, "output": "", "mask": "", "sha256": sha, "status": "",
-        "reason": "", "width": 0, "height": 0, "n_candidates": 0, "n_text_boxes": 0, "texts": "[]",
-        "detections": "[]", "mask_fraction": 0.0, "residual_detections": -1, "residual": "[]",
-        "detect_ms": 0.0, "inpaint_ms": 0.0, "audit_ms": 0.0,
+        "relpath": relpath,
+        "input": input_uri,
+        "output": "",
+        "mask": "",
+        "sha256": sha,
+        "status": "",
+        "reason": "",
+        "width": 0,
+        "height": 0,
+        "n_candidates": 0,
+        "n_text_boxes": 0,
+        "texts": "[]",
+        "detections": "[]",
+        "mask_fraction": 0.0,
+        "residual_detections": -1,
+        "residual": "[]",
+        "detect_ms": 0.0,
+        "inpaint_ms": 0.0,
+        "audit_ms": 0.0,
     }
 
 
@@ -101,19 +139,28 @@ def process_image(
     wio.write_bytes(mask_uri, _encode(res.mask, "m.png", 100), endpoint_url)
     kept = res.kept
     rec.update(
-        output=out_uri, mask=mask_uri, status="ok", width=image.shape[1], height=image.shape[0],
-        n_candidates=len(res.detections), n_text_boxes=len(kept),
+        output=out_uri,
+        mask=mask_uri,
+        status="ok",
+        width=image.shape[1],
+        height=image.shape[0],
+        n_candidates=len(res.detections),
+        n_text_boxes=len(kept),
         texts=json.dumps([d.text for d in kept]),
         detections=json.dumps([d.to_dict() for d in res.detections]),
         mask_fraction=res.mask_fraction,
-        detect_ms=res.timings_ms["detect"], inpaint_ms=res.timings_ms["inpaint"],
+        detect_ms=res.timings_ms["detect"],
+        inpaint_ms=res.timings_ms["inpaint"],
     )
     if cfg.audit:
         # Audit what training will read: the encoded file, not the in-memory array.
         t = time.perf_counter()
         residual = cleaner.residual(np.asarray(decode_image(encoded)))
-        rec.update(residual_detections=len(residual), residual=json.dumps([d.to_dict() for d in residual]),
-                   audit_ms=(time.perf_counter() - t) * 1e3)
+        rec.update(
+            residual_detections=len(residual),
+            residual=json.dumps([d.to_dict() for d in residual]),
+            audit_ms=(time.perf_counter() - t) * 1e3,
+        )
     # The image last: its presence (with the record's hash) is what resume trusts.
     wio.write_bytes(out_uri, encoded, endpoint_url)
     return rec
@@ -122,8 +169,15 @@ def process_image(
 class CleanActor:
     """Ray Data actor: one detector + inpainter per actor, reused across batches."""
 
-    def __init__(self, cfg: TextRemovalConfig, input_root: str, input_is_s3: bool, output: str,
-                 done: dict[str, str], endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        cfg: TextRemovalConfig,
+        input_root: str,
+        input_is_s3: bool,
+        output: str,
+        done: dict[str, str],
+        endpoint_url: str | None,
+    ) -> None:
         from weldray.text_removal.cleaner import TextCleaner
 
         self.cfg, self.output, self.done, self.endpoint_url = cfg, output, done, endpoint_url
@@ -135,18 +189,37 @@ class CleanActor:
         for data, path in zip(batch["bytes"], batch["path"]):
             relpath = str(path)[len(self.input_root) + 1 :]
             uri = f"s3://{path}" if self.input_is_s3 else str(path)
-            rows.append(process_image(bytes(data), relpath, uri, self.output, self.cleaner, self.cfg,
-                                      done=self.done, endpoint_url=self.endpoint_url))
+            rows.append(
+                process_image(
+                    bytes(data),
+                    relpath,
+                    uri,
+                    self.output,
+                    self.cleaner,
+                    self.cfg,
+                    done=self.done,
+                    endpoint_url=self.endpoint_url,
+                )
+            )
         return {k: [r[k] for r in rows] for k in RECORD_COLUMNS}
 
 
 def list_inputs(input_uri: str, output: str, cfg: WeldrayConfig) -> list[str]:
-    """Image files under INPUT, minus anything under OUTPUT (when OUTPUT sits inside INPUT)."""
+    """Image files in INPUT's class folders (``data.classes``), or in all of INPUT when it has none,
+    minus anything under OUTPUT (when OUTPUT sits inside INPUT).
+
+    Only class folders are read so that side folders (the procedural sample's ``text_masks/``,
+    earlier outputs) are never "cleaned" into the training set.
+    """
     endpoint = cfg.data.s3_endpoint_url
-    files = wio.list_files(input_uri, cfg.data.extensions, endpoint)
+    folders = [wio.join(input_uri, c) for c in cfg.data.classes if wio.exists(wio.join(input_uri, c), endpoint)]
+    if not folders:
+        log.info("no class folders (%s) under %s: cleaning every image in it", ", ".join(cfg.data.classes), input_uri)
+        folders = [input_uri]
+    files = [f for folder in folders for f in wio.list_files(folder, cfg.data.extensions, endpoint)]
     out_prefix = wio.filesystem(output, endpoint)[1].rstrip("/") + "/"
     in_is_s3 = wio.is_s3(input_uri)
-    return [f for f in files if not (f[len("s3://"):] if in_is_s3 else f).startswith(out_prefix)]
+    return [f for f in files if not (f[len("s3://") :] if in_is_s3 else f).startswith(out_prefix)]
 
 
 def load_done(output: str, endpoint_url: str | None) -> tuple[pd.DataFrame | None, dict[str, str]]:
@@ -156,26 +229,41 @@ def load_done(output: str, endpoint_url: str | None) -> tuple[pd.DataFrame | Non
         return None, {}
     prev = pd.read_parquet(io.BytesIO(wio.read_bytes(path, endpoint_url)))
     ok = prev[prev["status"] == "ok"]
-    existing = {f for f in (wio.list_files(output, None, endpoint_url) if wio.exists(output, endpoint_url) else [])}
+    existing = {
+        f for f in (wio.list_files(output, None, endpoint_url) if wio.exists(output, endpoint_url) else [])
+    }
     done = {r.relpath: r.sha256 for r in ok.itertuples() if r.output in existing}
     return prev, done
+
+
+def preflight(cfg: TextRemovalConfig) -> None:
+    """Check model files on the driver, so a missing weight fails in a second, not inside an actor."""
+    from weldray.text_removal.detectors import check_easyocr_weights
+    from weldray.text_removal.inpainters import check_lama_file
+
+    if cfg.detector == "easyocr":
+        check_easyocr_weights(cfg)
+    if cfg.inpainter == "lama":
+        check_lama_file(cfg.lama_model_path)
 
 
 def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool = True) -> CleanReport:
     """Run the whole job on Ray Data; see the module docstring for what lands where."""
     import ray
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from weldray.ray_utils import init_ray
     from weldray.text_removal.audit import write_audit
 
     tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
+    preflight(tr)
     files = list_inputs(input_uri, output, cfg)
     if not files:
         raise FileNotFoundError(f"no images with extensions {cfg.data.extensions} under {input_uri}")
     prev, done = load_done(output, endpoint)
     fs, in_root = wio.filesystem(input_uri, endpoint)
-    paths = [f[len("s3://"):] if wio.is_s3(f) else f for f in files]
+    paths = [f[len("s3://") :] if wio.is_s3(f) else f for f in files]
 
     started = not ray.is_initialized()
     init_ray(cfg.ray, job_name="clean_text")
@@ -184,16 +272,29 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
         ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True)
         ds = ds.map_batches(
             CleanActor,
-            fn_constructor_kwargs=dict(cfg=tr, input_root=in_root, input_is_s3=wio.is_s3(input_uri),
-                                       output=output, done=done, endpoint_url=endpoint),
+            fn_constructor_kwargs=dict(
+                cfg=tr,
+                input_root=in_root,
+                input_is_s3=wio.is_s3(input_uri),
+                output=output,
+                done=done,
+                endpoint_url=endpoint,
+            ),
             batch_size=tr.batch_size,
-            concurrency=tr.concurrency,
+            compute=ray.data.ActorPoolStrategy(size=tr.concurrency),
             num_cpus=tr.num_cpus_per_actor,
             num_gpus=tr.num_gpus_per_actor,
         )
         rows: list[dict[str, Any]] = []
-        with Progress(TextColumn("[bold]clean[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                      TimeRemainingColumn(), disable=not progress, transient=False) as bar:
+        with Progress(
+            TextColumn("[bold]clean[/]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            disable=not progress,
+        ) as bar:
             task = bar.add_task("clean", total=len(paths), info="")
             for row in ds.iter_rows():
                 rows.append(dict(row))
@@ -228,7 +329,16 @@ def clean_loop(files: Iterable[str], input_uri: str, output: str, cfg: WeldrayCo
     root = wio.filesystem(input_uri, endpoint)[1].rstrip("/")
     rows = []
     for f in files:
-        path = f[len("s3://"):] if wio.is_s3(f) else f
-        rows.append(process_image(wio.read_bytes(f, endpoint), path[len(root) + 1:], f, output, cleaner, tr,
-                                  endpoint_url=endpoint))
+        path = f[len("s3://") :] if wio.is_s3(f) else f
+        rows.append(
+            process_image(
+                wio.read_bytes(f, endpoint),
+                path[len(root) + 1 :],
+                f,
+                output,
+                cleaner,
+                tr,
+                endpoint_url=endpoint,
+            )
+        )
     return pd.DataFrame(rows, columns=RECORD_COLUMNS)

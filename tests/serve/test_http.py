@@ -1,0 +1,207 @@
+"""A real Ray Serve instance on 127.0.0.1, hit over HTTP with valid and malformed uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.export.models import CLASSES, export_small
+
+pytestmark = pytest.mark.ray
+
+MAX_BODY = 300_000
+MAX_PIXELS = 1_000_000
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _photo(size: tuple[int, int] = (200, 160), seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory, procedural_dir: Path) -> Path:
+    return export_small(tmp_path_factory.mktemp("serve_model"), procedural_dir, n=4).path
+
+
+@pytest.fixture(scope="module")
+def server(ray_local: None, model_path: Path) -> Iterator[str]:
+    from ray import serve
+
+    from weldray.config import load_config
+    from weldray.inference.serving import build_application
+
+    port = _free_port()
+    cfg = load_config(
+        [
+            f"serve.max_body_bytes={MAX_BODY}",
+            f"serve.max_image_pixels={MAX_PIXELS}",
+            "serve.max_batch_items=4",
+            # Small limits so the overload test can saturate one replica.
+            "serve.min_replicas=1",
+            "serve.max_replicas=1",
+            "serve.max_ongoing_requests=2",
+            "serve.max_queued_requests=2",
+            "serve.max_batch_size=2",
+            "serve.num_cpus_per_replica=0.5",
+            "serve.intra_op_threads=1",
+        ]
+    ).serve
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_application(model_path, cfg), name="weldray-test", route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=30.0) as c:
+        yield c
+
+
+def _assert_prediction(body: dict) -> None:
+    assert body["class"] in CLASSES
+    assert set(body["probabilities"]) == set(CLASSES)
+    assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert body["confidence"] == pytest.approx(max(body["probabilities"].values()))
+    assert isinstance(body["needs_review"], bool)
+
+
+def test_health_ready_metadata_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["provider"] == "CPUExecutionProvider"
+    meta = client.get("/metadata").json()
+    assert meta["classes"] == CLASSES and meta["input_size"] == 64 and meta["run_id"] == "test-run"
+    assert len(meta["model_version"]) == 12 and meta["limits"]["max_body_bytes"] == MAX_BODY
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/predict", "/predict/batch", "/healthz", "/readyz", "/metadata"} <= set(paths)
+    assert client.get("/docs").status_code == 200
+
+
+def test_predict_matches_in_process_inference(client: httpx.Client, model_path: Path) -> None:
+    from weldray.inference import WeldClassifierInference
+
+    data = _encode(_photo(), "JPEG", quality=90)
+    raw = client.post("/predict", content=data, headers={"content-type": "image/jpeg"})
+    multi = client.post("/predict", files={"file": ("weld.jpg", data, "image/jpeg")})
+    assert raw.status_code == 200 and multi.status_code == 200, (raw.text, multi.text)
+    local = WeldClassifierInference(model_path, providers="cpu").predict(data)
+    for resp in (raw, multi):
+        body = resp.json()
+        _assert_prediction(body)
+        assert body["class"] == local["class"]
+        for name in CLASSES:
+            assert body["probabilities"][name] == pytest.approx(local["probabilities"][name], abs=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["grayscale", "16bit", "cmyk", "rgba", "bmp", "tiff", "webp"])
+def test_predict_converts_image_kinds(client: httpx.Client, kind: str) -> None:
+    rgb = _photo()
+    data = {
+        "grayscale": lambda: _encode(rgb.convert("L"), "PNG"),
+        "16bit": lambda: _encode(Image.fromarray(np.asarray(rgb.convert("L"), np.uint16) * 257), "PNG"),
+        "cmyk": lambda: _encode(rgb.convert("CMYK"), "JPEG"),
+        "rgba": lambda: _encode(rgb.convert("RGBA"), "PNG"),
+        "bmp": lambda: _encode(rgb, "BMP"),
+        "tiff": lambda: _encode(rgb, "TIFF"),
+        "webp": lambda: _encode(rgb, "WEBP"),
+    }[kind]()
+    resp = client.post("/predict", content=data)
+    assert resp.status_code == 200, resp.text
+    _assert_prediction(resp.json())
+
+
+def _bad_uploads() -> dict[str, tuple[bytes, int, str]]:
+    jpeg = _encode(_photo(), "JPEG")
+    return {
+        "empty": (b"", 400, "empty"),
+        "not_an_image": (b"hello, this is text and not an image" * 4, 415, "unsupported_format"),
+        "gif": (_encode(_photo(), "GIF"), 415, "unsupported_format"),
+        "truncated_jpeg": (jpeg[: len(jpeg) // 2], 400, "corrupt"),
+        "corrupt_png_header": (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, 400, "corrupt"),
+        "pixel_bomb": (_encode(Image.new("RGB", (1200, 1000), "gray"), "PNG"), 413, "too_large"),
+        "body_too_large": (_encode(_photo((640, 640)), "BMP"), 413, "too_large"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_bad_uploads()))
+def test_malformed_uploads_get_json_4xx(client: httpx.Client, kind: str) -> None:
+    data, status, code = _bad_uploads()[kind]
+    resp = client.post("/predict", content=data)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["error"] == code and body["reason"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_malformed_multipart_and_batch(client: httpx.Client) -> None:
+    no_file = client.post(
+        "/predict", files={"note": (None, "a text field, no file")}
+    )  # multipart, no file part
+    assert no_file.status_code == 400 and "no file part" in no_file.json()["reason"]
+    form = client.post("/predict", data={"note": "url-encoded form"})  # not an image at all
+    assert form.status_code == 415 and form.json()["error"] == "unsupported_format"
+    broken = client.post(
+        "/predict", content=b"--xyz\r\ngarbage", headers={"content-type": "multipart/form-data; boundary=xyz"}
+    )
+    assert broken.status_code == 400 and broken.json()["reason"]
+    raw_to_batch = client.post("/predict/batch", content=_encode(_photo(), "PNG"))
+    assert raw_to_batch.status_code == 415 and raw_to_batch.json()["error"] == "unsupported_format"
+    good = _encode(_photo(), "PNG")
+    resp = client.post(
+        "/predict/batch",
+        files=[
+            ("files", ("a.png", good, "image/png")),
+            ("files", ("b.txt", b"not an image", "text/plain")),
+            ("files", ("c.png", good, "image/png")),
+        ],
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["n_ok"] == 2 and body["results"][1]["status"] == 415
+    _assert_prediction(body["results"][0])
+    assert body["results"][0]["probabilities"] == body["results"][2]["probabilities"]
+    too_many = client.post(
+        "/predict/batch", files=[("files", (f"{i}.png", good, "image/png")) for i in range(5)]
+    )
+    assert too_many.status_code == 413 and too_many.json()["error"] == "too_large"
+
+
+def test_overload_answers_json_503_and_recovers(server: str) -> None:
+    data = _encode(_photo((640, 640)), "JPEG")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, timeout=60.0) as c:
+            return await asyncio.gather(*(c.post("/predict", content=data) for _ in range(24)))
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    assert 200 in codes and 503 in codes, codes
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.json()["error"] == "overloaded" and rejected.headers["retry-after"] == "1"
+    with httpx.Client(base_url=server, timeout=30.0) as c:
+        assert c.get("/healthz").status_code == 200
+        assert c.post("/predict", content=data).status_code == 200

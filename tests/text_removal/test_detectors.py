@@ -1,0 +1,136 @@
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+
+import numpy as np
+import pytest
+
+from weldray.config import ConfigError, load_config
+from weldray.config.text_removal import DETECTORS, INPAINTERS
+from weldray.text_removal import (
+    Detection,
+    MissingWeightsError,
+    TextCleaner,
+    create_detector,
+    filter_detections,
+    list_detectors,
+    list_inpainters,
+)
+from weldray.text_removal.detectors import EASYOCR_WEIGHTS, check_easyocr_weights
+
+
+def test_registries_match_config_choices():
+    assert list_detectors() == sorted(DETECTORS)
+    assert list_inpainters() == sorted(INPAINTERS)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("text_removal.detector=tesseract", "text_removal.detector"),
+        ("text_removal.min_text_score=1.5", "text_removal.min_text_score"),
+        ("text_removal.opencv_method=fast", "text_removal.opencv_method"),
+        ("text_removal.num_cpus_per_actor=0", "text_removal.num_cpus_per_actor"),
+    ],
+)
+def test_bad_config_names_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config([override])
+    assert err.value.key == key
+
+
+def _det(box, text="AB12", text_score=0.95, det_score=0.9):
+    return Detection(box=np.array(box, np.float32), det_score=det_score, text=text, text_score=text_score)
+
+
+def test_filter_rejects_ripple_like_boxes(tr_cfg):
+    line = [[10, 10], [110, 10], [110, 30], [10, 30]]  # 100x20 text line
+    dets = filter_detections(
+        [
+            _det(line),
+            _det(line, text_score=0.5),  # low recognition confidence
+            _det(line, text="--", text_score=0.99),  # no letters/digits
+            _det([[0, 100], [320, 100], [320, 140], [0, 140]], text="CCC", text_score=0.9),  # stretched chars
+            _det([[100, 0], [140, 0], [140, 300], [100, 300]], text="1", text_score=0.9),  # whole-bead height
+            _det(line, det_score=0.2),
+        ],
+        (320, 320, 3),
+        tr_cfg,
+    )
+    assert [d.kept for d in dets] == [True, False, False, False, False, False]
+    assert all(d.reason for d in dets[1:])
+
+
+def test_rapidocr_finds_printed_text_and_spares_text_free_welds(printed_sample, text_free_samples, tr_cfg):
+    cleaner = TextCleaner(tr_cfg)
+    kept = [d for d in cleaner.find_text(printed_sample.image) if d.kept]
+    assert kept, f"no text found in a render with {printed_sample.texts}"
+    found = " ".join(d.text for d in kept).replace(" ", "")
+    assert any(t.replace(" ", "")[:4] in found for t in printed_sample.texts), (found, printed_sample.texts)
+    res = cleaner.clean(printed_sample.image)
+    tm = printed_sample.text_mask.astype(bool)
+    assert (res.mask[tm] > 0).mean() >= 0.75  # printed glyphs + outlines; see README for full figures
+    for s in text_free_samples:
+        assert not [d for d in cleaner.find_text(s.image) if d.kept], "weld texture taken for text"
+
+
+def test_rapidocr_never_downloads(monkeypatch, tr_cfg):
+    """The shipped ONNX files are passed explicitly, so rapidocr's downloader is never reached."""
+    import rapidocr.utils.download_file as dl
+
+    def boom(*a, **k):
+        raise AssertionError("rapidocr tried to download a model")
+
+    monkeypatch.setattr(dl.DownloadFile, "run", classmethod(boom))
+    det = create_detector(tr_cfg)
+    assert det.detect(np.full((64, 64, 3), 128, np.uint8)) == []
+
+
+def test_easyocr_missing_weights_names_file_md5_and_folder(tmp_path, tr_cfg):
+    cfg = dataclasses.replace(tr_cfg, detector="easyocr", easyocr_model_dir=str(tmp_path))
+    with pytest.raises(MissingWeightsError) as err:
+        create_detector(cfg)
+    msg = str(err.value)
+    assert "craft_mlt_25k.pth" in msg and "2f8227d2def4037cdb3b34389dcf9ec1" in msg and str(tmp_path) in msg
+
+
+def test_easyocr_recognizer_weights_and_corrupt_file(tmp_path, monkeypatch, tr_cfg):
+    import weldray.text_removal.detectors as detectors
+
+    (tmp_path / "craft_mlt_25k.pth").write_bytes(b"not the real weights")
+    cfg = dataclasses.replace(tr_cfg, detector="easyocr", easyocr_model_dir=str(tmp_path), recognize=True)
+    with pytest.raises(MissingWeightsError, match="expected 2f8227d2def4037cdb3b34389dcf9ec1"):
+        check_easyocr_weights(cfg)
+    # Pretend the detector file is genuine: the recognizer file is what is missing then.
+    monkeypatch.setitem(
+        detectors.EASYOCR_WEIGHTS,
+        "detector",
+        ("craft_mlt_25k.pth", hashlib.md5(b"not the real weights").hexdigest()),
+    )
+    with pytest.raises(MissingWeightsError) as err:
+        check_easyocr_weights(cfg)
+    assert "english_g2.pth" in str(err.value) and EASYOCR_WEIGHTS["en"][1] in str(err.value)
+
+
+def test_easyocr_not_installed_says_how_to_install(tmp_path, monkeypatch, tr_cfg):
+    import weldray.text_removal.detectors as detectors
+
+    monkeypatch.setattr(detectors, "check_easyocr_weights", lambda cfg: tmp_path)
+    monkeypatch.setitem(sys.modules, "easyocr", None)  # import easyocr -> ImportError
+    cfg = dataclasses.replace(tr_cfg, detector="easyocr")
+    with pytest.raises(ImportError, match=r"pip install 'weldray\[easyocr\]'"):
+        create_detector(cfg)
+
+
+@pytest.mark.slow
+def test_easyocr_detects_printed_text(printed_sample, tr_cfg):
+    pytest.importorskip("easyocr", reason="easyocr not installed (pip install 'weldray[easyocr]')")
+    cfg = dataclasses.replace(tr_cfg, detector="easyocr", recognize=False)
+    try:
+        det = create_detector(cfg)
+    except MissingWeightsError as exc:
+        pytest.skip(f"easyocr weights not available offline: {exc}")
+    dets = filter_detections(det.detect(printed_sample.image), printed_sample.image.shape, cfg)
+    assert any(d.kept for d in dets)

@@ -1,0 +1,100 @@
+"""``weldray predict`` and ``weldray serve``."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import typer
+
+from weldray.cli_utils import exit_on_config_error, print_result
+
+
+def predict(
+    model: str = typer.Argument(..., help="Exported .onnx model (its .json sidecar beside it)."),
+    images: list[str] = typer.Argument(
+        ..., help="Image files (or s3:// URIs); key=value items are overrides."
+    ),
+    provider: str | None = typer.Option(
+        None, "--provider", help="auto | cpu | cuda | tensorrt (default serve.provider)."
+    ),
+    tta: bool | None = typer.Option(None, "--tta/--no-tta", help="Average with the mirrored image."),
+) -> None:
+    """Classify images; one JSON line per image on stdout (unreadable images get an "error" line)."""
+    from weldray.inference import ProviderError, WeldClassifierInference
+    from weldray.preprocessing import ImageError
+
+    overrides = [i for i in images if re.fullmatch(r"[A-Za-z_][\w.]*=.*", i) and not Path(i).exists()]
+    paths = [i for i in images if i not in overrides]
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config(overrides).serve
+    try:
+        clf = WeldClassifierInference(
+            model,
+            providers=provider or cfg.provider,
+            tta=cfg.tta if tta is None else tta,
+            review_threshold=cfg.review_threshold,
+            intra_op_threads=cfg.intra_op_threads,
+            max_pixels=cfg.max_image_pixels,
+        )
+    except (FileNotFoundError, ProviderError, ValueError) as exc:
+        typer.secho(f"predict failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    failed = 0
+    for path in paths:
+        try:
+            line = {"image": path, **clf.predict(path)}
+        except (ImageError, OSError) as exc:
+            failed += 1
+            line = {"image": path, "error": getattr(exc, "code", "unreadable"), "reason": str(exc)}
+        print(json.dumps(line), flush=True)
+    if failed == len(paths):
+        raise typer.Exit(1)
+
+
+def serve(
+    model: str = typer.Argument(..., help="Exported .onnx model (its .json sidecar beside it)."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. serve.max_replicas=4."),
+    host: str | None = typer.Option(None, "--host", help="Bind address (default serve.host = 127.0.0.1)."),
+    port: int | None = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
+) -> None:
+    """Serve MODEL over HTTP with Ray Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    import signal
+    import threading
+
+    import ray
+    from ray import serve as ray_serve
+
+    from weldray.inference.serving import build_application
+    from weldray.ray_utils import init_ray
+
+    extra = [*([f"serve.host={host}"] if host else []), *([f"serve.port={port}"] if port else [])]
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config([*(overrides or []), *extra])
+    try:
+        from weldray.inference.sidecar import read_sidecar
+
+        read_sidecar(model)
+    except FileNotFoundError as exc:
+        typer.secho(f"serve failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    init_ray(cfg.ray)
+    try:
+        ray_serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+        ray_serve.run(build_application(model, cfg.serve), name="weldray", route_prefix="/")
+        url = f"http://{cfg.serve.host}:{cfg.serve.port}"
+        typer.secho(f"serving {model} at {url} (docs: {url}/docs); Ctrl-C or SIGTERM stops", err=True)
+        print_result(url)
+        stop.wait()
+    finally:
+        typer.secho("shutting down Serve", err=True)
+        ray_serve.shutdown()
+        ray.shutdown()

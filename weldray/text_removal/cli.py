@@ -1,0 +1,45 @@
+"""``weldray clean``."""
+
+from __future__ import annotations
+
+import typer
+
+from weldray.cli_utils import exit_on_config_error, print_result
+
+
+def clean(
+    input: str = typer.Argument(
+        ..., help="Folder or s3:// URI with the photos (class sub-folders are kept)."
+    ),
+    output: str = typer.Argument(
+        ..., help="Folder or s3:// URI for cleaned images, masks, records and the audit."
+    ),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Hydra overrides, e.g. text_removal.inpainter=lama."
+    ),
+) -> None:
+    """Detect and inpaint text in every image on Ray Data, then audit the result (residual text, contact sheet)."""
+    from rich.console import Console
+
+    from weldray.text_removal.detectors import MissingWeightsError
+    from weldray.text_removal.pipeline import clean_dataset
+
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config(list(overrides or []))
+    try:
+        report = clean_dataset(input, output, cfg, progress=True)
+    except (MissingWeightsError, FileNotFoundError, ImportError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    s = report.summary
+    console = Console(stderr=True)
+    console.print(
+        f"[bold]text removal[/]: {s['n_cleaned']} cleaned ({s['n_resumed']} resumed), {s['n_rejects']} rejected, "
+        f"text in {s['n_with_text']} images; residual text in {s['n_with_residual_text']} of {s['audited']} audited"
+    )
+    console.print(
+        f"records {report.records_path}\naudit   {report.audit_path}\nsheet   {report.contact_sheet_path}"
+    )
+    print_result(output)
