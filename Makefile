@@ -16,6 +16,9 @@ help:
 	@echo "make test                                            default test suite (< 20 min on 2 cores)"
 	@echo "make test-slow                                       slow tests (minutes each)"
 	@echo "make bench                                           benchmarks (print tables)"
+	@echo "make cluster-up / cluster-status / cluster-down      local two-node Ray cluster (token auth)"
+	@echo "make submit [DATA=...] [ARGS='key=value ...']        the pipeline as a Ray job on that cluster"
+	@echo "make cluster-test                                    cluster configs + real two-node cluster tests"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,3 +43,60 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check weldray jobs serve tests benchmarks
+
+# ----- Ray cluster (cluster/README.md) -------------------------------------------------------------
+# A head + worker node on this machine, ports CLUSTER_PORT..CLUSTER_PORT+99, token in CLUSTER_DIR/auth_token.
+CLUSTER_DIR ?= /tmp/weldray-cluster
+CLUSTER_PORT ?= 26400
+CLUSTER_ENV := WELDRAY_CLUSTER_DIR=$(CLUSTER_DIR)
+
+.PHONY: cluster-up cluster-down cluster-status cluster-test submit
+
+cluster-up: install
+	$(CLUSTER_ENV) $(BIN)/weldray cluster up --port-base $(CLUSTER_PORT)
+
+cluster-status: install
+	$(CLUSTER_ENV) $(BIN)/weldray cluster status
+
+cluster-down: install
+	$(CLUSTER_ENV) $(BIN)/weldray cluster down
+
+# Results land in ./outputs (both local nodes share this filesystem).
+submit: install
+	$(CLUSTER_ENV) $(BIN)/weldray submit --output-dir outputs $(DATA) $(ARGS)
+
+cluster-test: install
+	$(BIN)/python -m pytest tests/cluster -m "not gpu" $(PYTEST_ARGS)
+
+# Training stage (issue 3).
+.PHONY: train train-bench
+train: install
+	$(BIN)/weldray train $(or $(DATA),../shared/data/welds) $(ARGS)
+
+train-bench: install
+	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
+
+# Export and serving (issue 4). RUN=outputs/runs/<run_id>; MODEL defaults to the export's output.
+RUN ?=
+MODEL ?= models/onnx/weld_classifier.onnx
+.PHONY: export serve bench-inference bench-serve
+export: install
+	$(BIN)/weldray export $(RUN) export.check_images=$(or $(DATA),../shared/data/welds) $(ARGS)
+
+serve: install
+	$(BIN)/weldray serve $(MODEL) $(ARGS)
+
+bench-inference: install
+	$(BIN)/python benchmarks/inference.py $(ARGS)
+
+bench-serve: install
+	$(BIN)/python benchmarks/serve_load.py $(ARGS)
+
+# Text removal (issue 5). OUT defaults to outputs/welds_clean.
+OUT ?= outputs/welds_clean
+.PHONY: clean-text clean-text-bench
+clean-text: install
+	$(BIN)/weldray clean $(or $(DATA),../shared/data/welds) $(OUT) $(ARGS)
+
+clean-text-bench: install
+	$(BIN)/python benchmarks/text_removal.py --n 24 --procedural 16 $(ARGS)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture()
 def small_input(procedural_dir: Path, tmp_path: Path) -> Path:
-    """3 procedural images per class (class folders only) plus a truncated JPEG and a non-image."""
+    """3 procedural images per class plus a truncated JPEG, a non-image and a side folder of masks."""
     root = tmp_path / "in"
     for cls in ("good_welds", "bad_welds"):
         (root / cls).mkdir(parents=True)
@@ -24,6 +24,10 @@ def small_input(procedural_dir: Path, tmp_path: Path) -> Path:
     good = sorted((root / "good_welds").glob("*.jpg"))[0]
     (root / "bad_welds" / "truncated.jpg").write_bytes(good.read_bytes()[:700])
     (root / "bad_welds" / "notes.png").write_bytes(b"this is not a png")
+    # Side folders (the procedural text masks) are not class folders and must not be cleaned.
+    (root / "text_masks" / "good_welds").mkdir(parents=True)
+    mask = sorted((procedural_dir / "text_masks" / "good_welds").glob("*.png"))[0]
+    shutil.copy(mask, root / "text_masks" / "good_welds" / mask.name)
     return root
 
 
