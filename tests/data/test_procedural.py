@@ -125,7 +125,9 @@ def test_dataset_layout_csv_and_masks(tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "label", "defects", "text_kinds", "texts", "mask_path"]
     assert [r["label"] for r in rows].count("good_weld") == [r["label"] for r in rows].count("bad_weld") == 5
-    assert sorted(p.name for p in (out / "good_welds").iterdir()) == [f"good_{i:04d}.jpg" for i in range(1, 6)]
+    assert sorted(p.name for p in (out / "good_welds").iterdir()) == [
+        f"good_{i:04d}.jpg" for i in range(1, 6)
+    ]
     assert sorted(p.name for p in (out / "bad_welds").iterdir()) == [f"bad_{i:04d}.jpg" for i in range(1, 6)]
     for r in rows:
         image = np.asarray(Image.open(out / r["path"]))
@@ -167,7 +169,9 @@ def test_text_fraction_is_respected_and_label_independent(tmp_path: Path) -> Non
     spec = ProceduralSpec(n_per_class=20, image_size=32, text_fraction=0.3, seed=9)
     with (generate_dataset(tmp_path, spec) / "samples.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    per_class = {lab: sum(bool(r["texts"]) for r in rows if r["label"] == lab) for lab in ("good_weld", "bad_weld")}
+    per_class = {
+        lab: sum(bool(r["texts"]) for r in rows if r["label"] == lab) for lab in ("good_weld", "bad_weld")
+    }
     assert per_class["good_weld"] == per_class["bad_weld"]
     assert abs(per_class["good_weld"] / 20 - 0.3) <= 0.1
 
@@ -218,7 +222,9 @@ def small_task() -> dict[str, np.ndarray]:
         images, labels = [], []
         for i in range(n):
             for label_id, label in enumerate(("good_weld", "bad_weld")):
-                images.append(render_weld(_rng(seed, label_id, i), label=label, size=96, with_text=False).image)
+                images.append(
+                    render_weld(_rng(seed, label_id, i), label=label, size=96, with_text=False).image
+                )
                 labels.append(label_id)
         return np.stack(images), np.array(labels)
 

@@ -17,7 +17,7 @@ class TextRemovalConfig:
     enabled: bool = True
     detector: str = "rapidocr"
     inpainter: str = "opencv"
-    # Mask dilation around detected text (pixels at the image's own resolution); avoids halos.
+    # Mask dilation around detected text, in pixels at 640 px (scaled with the image's short side); avoids halos.
     dilation_px: int = 25
     # Recognise the text in each detected box; needed for the score filter against weld ripples.
     recognize: bool = True

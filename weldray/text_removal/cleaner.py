@@ -12,6 +12,17 @@ from weldray.text_removal.detectors import Detection, TextDetector, create_detec
 from weldray.text_removal.inpainters import Inpainter, create_inpainter
 
 
+#: ``dilation_px`` is given for a 640 px image (the seed's 20-30 px); it scales with the short side so that
+#: a 160 px thumbnail is not wiped by a 25 px halo.
+REFERENCE_SIDE = 640
+
+
+def scaled_dilation(dilation_px: int, shape: tuple[int, ...]) -> int:
+    if dilation_px <= 0:
+        return 0
+    return max(1, round(dilation_px * min(shape[:2]) / REFERENCE_SIDE))
+
+
 def text_mask(detections: list[Detection], shape: tuple[int, ...], dilation_px: int) -> np.ndarray:
     """uint8 0/255 mask of the kept boxes, dilated by ``dilation_px`` (elliptic) to cover halos."""
     import cv2
@@ -70,7 +81,7 @@ class TextCleaner:
             for d in found:
                 d.pass_index = p
             dets += found
-            new = text_mask(found, image.shape, self.cfg.dilation_px)
+            new = text_mask(found, image.shape, scaled_dilation(self.cfg.dilation_px, image.shape))
             if not new.any():
                 break
             out = self.inpainter.inpaint(out, new)

@@ -5,7 +5,7 @@ Each sample is rendered twice from the same seed, with and without text, so one 
 * ``text_recall``: share of text pixels covered by the inpaint mask (goal >= 0.98);
 * ``text_free_area``: share of a text-free image that gets inpainted (goal <= 0.01): any box here
   is a weld ripple, spatter or edge read as text;
-* ``spurious_area``: on images with text, inpainted pixels farther than ``dilation_px`` + 3 from
+* ``spurious_area``: on images with text, inpainted pixels farther than the (scaled) dilation + 3 px from
   any text pixel (the dilation halo is intended; the rest is bead or plate erased by a false box);
 * ``bead_change``: mean absolute change (grey levels) of the text-free image after cleaning: 0 means
   the bead was not touched at all.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weldray.text_removal.cleaner import TextCleaner
+from weldray.text_removal.cleaner import TextCleaner, scaled_dilation
 
 
 @dataclass
@@ -50,7 +50,7 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
     covered = total = 0
     per_image, kinds_cov, kinds_tot = [], defaultdict(int), defaultdict(int)
     free_areas, spurious, bead_change, det_ms, inp_ms = [], [], [], [], []
-    halo = cleaner.cfg.dilation_px + 3
+    halo = scaled_dilation(cleaner.cfg.dilation_px, (size, size)) + 3
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * halo + 1, 2 * halo + 1))
     for i in range(n):
         label = LABELS[i % len(LABELS)]
