@@ -12,9 +12,9 @@ import typer
 
 from weldray.cluster.cli import cluster_app, submit
 from weldray.data.cli import ingest
-from weldray.pipeline_cli import pipeline
 from weldray.export.cli import export
 from weldray.inference.cli import predict, serve
+from weldray.pipeline_cli import pipeline
 from weldray.text_removal.cli import clean
 from weldray.training.cli import evaluate, train
 
@@ -39,14 +39,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
     )
 
 
-# Stage commands: one line per command.
-app.command()(ingest)
-app.command()(pipeline)
-app.command(context_settings={"allow_extra_args": False})(clean)
-app.command(context_settings={"allow_extra_args": False})(export)
-app.command(context_settings={"allow_extra_args": False})(predict)
-app.command(context_settings={"allow_extra_args": False})(serve)
-app.command(context_settings={"allow_extra_args": False})(train)
-app.command(context_settings={"allow_extra_args": False})(evaluate)
-app.command()(submit)
+# Commands in pipeline order; one line per command.
+for command in (ingest, clean, train, evaluate, export, predict, serve, pipeline, submit):
+    app.command()(command)
 app.add_typer(cluster_app, name="cluster")

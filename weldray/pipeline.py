@@ -17,7 +17,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ class StageRecord:
     metrics: dict[str, Any] = field(default_factory=dict)
     started: str = ""
     duration_s: float = 0.0
-    node_id: str = ""
+    driver_node_id: str = ""
     note: str = ""
 
 
@@ -271,7 +271,7 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
             except Exception as exc:
                 run.records[stage.name] = StageRecord(
                     stage.name, "failed", key=key, started=started, duration_s=round(time.perf_counter() - t0, 2),
-                    node_id=node_id, note="".join(traceback.format_exception_only(type(exc), exc)).strip(),
+                    driver_node_id=node_id, note="".join(traceback.format_exception_only(type(exc), exc)).strip(),
                 )
                 run.save()
                 raise StageError(
@@ -280,7 +280,7 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
                 ) from exc
             run.records[stage.name] = StageRecord(
                 stage.name, "done", key=key, outputs=outputs, metrics=metrics, started=started,
-                duration_s=round(time.perf_counter() - t0, 2), node_id=node_id,
+                duration_s=round(time.perf_counter() - t0, 2), driver_node_id=node_id,
             )
             console.print(f"[green]✓ {stage.name}[/] {run.records[stage.name].duration_s:.1f}s")
         upstream.append(run.records[stage.name].key)
@@ -303,7 +303,10 @@ def _load_records(run_dir: Path) -> dict[str, StageRecord]:
     if not path.is_file():
         return {}
     doc = json.loads(path.read_text())
-    return {name: StageRecord(**rec) for name, rec in doc.get("stages", {}).items()}
+    known = {f.name for f in fields(StageRecord)}
+    # Records from other weldray versions: keep what is understood, so an old run still resumes.
+    return {name: StageRecord(**{k: v for k, v in rec.items() if k in known})
+            for name, rec in doc.get("stages", {}).items()}
 
 
 def split_args(args: Sequence[str]) -> list[str]:

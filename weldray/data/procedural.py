@@ -23,13 +23,21 @@ How an image is made (``render_weld``):
   outlines), ``handwritten`` (script fonts with thick jittered strokes, marker circles/arrows/underlines),
   ``watermark`` (large faint text, single or tiled diagonally) and ``title`` (text on a dark banner).
 
-Text mask rule: ``text_mask`` is exactly the set of pixels whose RGB value differs from the same render
-without text (``with_text=False`` with an identically seeded rng): every masked pixel changed, every other
-pixel is byte-identical. Banners of title bars and outlines count as overlay. Semi-transparent watermark
-contributions that change a pixel by fewer than ``WATERMARK_MIN_DELTA`` (8) grey levels in every channel
-are not drawn at all, so faint invisible fringes are neither in the image nor in the mask. The rule holds
-for the returned arrays and for ``png`` files; a ``jpg`` file adds compression ringing of a few pixels
-around text edges (masks are always lossless PNG).
+Mask rules (two masks, ``text_mask`` within ``overlay_mask``):
+
+* ``overlay_mask`` is exactly the set of pixels whose RGB value differs from the same render without text
+  (``with_text=False`` with an identically seeded rng): every masked pixel changed, every other pixel is
+  byte-identical. It includes title banners, marker loops, arrows and underlines.
+* ``text_mask`` is the changed pixels that belong to glyphs: the characters of printed, handwritten,
+  watermark and title text, including the anti-aliased fringe and, for printed text, its outline/shadow
+  (drawn in the opposite ink as part of the characters). Banners, marker strokes, arrows and underlines are
+  not text; glyph pixels of an earlier layer hidden under a later banner (alpha >= 0.5) or marker stroke are
+  no longer text either. This is what an OCR-based remover is scored on; ``overlay_mask`` is informational.
+
+Semi-transparent watermark contributions that change a pixel by fewer than ``WATERMARK_MIN_DELTA`` (8) grey
+levels in every channel are not drawn at all, so faint invisible fringes are neither in the image nor in the
+masks. The rules hold for the returned arrays and for ``png`` files; a ``jpg`` file adds compression ringing
+of a few pixels around text edges (masks are always lossless PNG).
 
 Labels are independent of everything but the defects: plate, lighting, camera and post effects come from
 streams that do not see the label, and whether an image has text is decided identically for both classes.
@@ -65,13 +73,13 @@ __all__ = [
     "render_weld",
 ]
 
-VERSION = "weldray-procedural/1"
+VERSION = "weldray-procedural/2"
 DEFECT_TYPES: tuple[str, ...] = ("porosity", "crack", "undercut", "spatter", "incomplete_fusion")
 LABELS: tuple[str, ...] = ("good_weld", "bad_weld")
 TEXT_KINDS: tuple[str, ...] = ("printed", "handwritten", "watermark", "title")
 WATERMARK_MIN_DELTA = 8
 JPEG_QUALITY = 92
-CSV_COLUMNS = ["path", "label", "defects", "text_kinds", "texts", "mask_path"]
+CSV_COLUMNS = ["path", "label", "defects", "text_kinds", "texts", "mask_path", "overlay_mask_path"]
 _CLASS_DIRS = {"good_weld": ("good_welds", "good"), "bad_weld": ("bad_welds", "bad")}
 _INCOMPLETE_MARKER = ".procedural_incomplete"
 _GOLDEN = 0.6180339887498949
@@ -135,11 +143,12 @@ class SpecMismatchError(ValueError):
 @dataclass
 class WeldSample:
     image: np.ndarray  # HxWx3 uint8 RGB
-    text_mask: np.ndarray  # HxW bool
+    text_mask: np.ndarray  # HxW bool: glyph pixels (see the module docstring)
     label: str  # "good_weld" | "bad_weld"
     defects: list[str]  # empty for good
     text_kinds: list[str]  # subset of TEXT_KINDS
     texts: list[str]
+    overlay_mask: np.ndarray  # HxW bool: every pixel the overlay changed (glyphs, banners, marker strokes)
 
 
 # --------------------------------------------------------------------------------------------- noise
@@ -627,7 +636,9 @@ def _blend(img: np.ndarray, alpha: np.ndarray, color: np.ndarray) -> np.ndarray:
     return out
 
 
-def _printed(rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box]) -> np.ndarray:
+def _printed(
+    rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box], glyphs: np.ndarray
+) -> np.ndarray:
     s = img.shape[0]
     for _ in range(int(rng.integers(1, 4))):
         text = _random_text(rng)
@@ -642,24 +653,26 @@ def _printed(rng: np.random.Generator, img: np.ndarray, texts: list[str], taken:
             layer = np.zeros((s, s), np.uint8)
             cv2.putText(layer, text, org, font, scale, 255, thick + max(2, thick), cv2.LINE_AA)
             img = _blend(img, layer / np.float32(255), 255.0 - color)
+            glyphs |= layer > 0
         layer = np.zeros((s, s), np.uint8)
         cv2.putText(layer, text, org, font, scale, 255, thick, cv2.LINE_AA)
         img = _blend(img, layer / np.float32(255), color)
+        glyphs |= layer > 0
         texts.append(text)
     return img
 
 
-def _jitter(rng: np.random.Generator, layer: np.ndarray, amp: float) -> np.ndarray:
-    """Wobble a drawn layer with a smooth displacement field (hand tremor)."""
-    s = layer.shape[0]
+def _jitter(rng: np.random.Generator, layers: Sequence[np.ndarray], amp: float) -> list[np.ndarray]:
+    """Wobble drawn layers with one smooth displacement field (hand tremor)."""
+    s = layers[0].shape[0]
     grid = np.arange(s, dtype=np.float32)
     mx = grid[None, :] + amp * _smooth2d(rng, s, s, s * 0.06)
     my = grid[:, None] + amp * _smooth2d(rng, s, s, s * 0.06)
-    return cv2.remap(layer, mx, my, cv2.INTER_LINEAR, borderValue=0)
+    return [cv2.remap(layer, mx, my, cv2.INTER_LINEAR, borderValue=0) for layer in layers]
 
 
 def _handwritten(
-    rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box]
+    rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box], glyphs: np.ndarray
 ) -> np.ndarray:
     s = img.shape[0]
     layer = np.zeros((s, s), np.uint8)
@@ -671,6 +684,7 @@ def _handwritten(
     x, y = _place(rng, w + 2 * thick, h + base + 4 * thick, s, taken)
     org = (x + thick, y + h + thick)
     cv2.putText(layer, text, org, font, scale, 255, thick, cv2.LINE_AA)
+    letters = layer.copy()  # the glyphs alone; ``layer`` gains the marker strokes
     texts.append(text)
     for _ in range(int(rng.integers(0, 3))):  # marker strokes: loop, arrow or underline
         kind = rng.integers(3)
@@ -693,12 +707,16 @@ def _handwritten(
             pts = np.stack([xs, y0 + s * 0.006 * _smooth1d(rng, 20, 4)], 1)
         pts = np.round(pts * 4).astype(np.int32)[None]
         cv2.polylines(layer, pts, False, 255, thick, cv2.LINE_AA, shift=2)
-    layer = _jitter(rng, layer, s * rng.uniform(0.002, 0.006))
+    layer, letters = _jitter(rng, [layer, letters], s * rng.uniform(0.002, 0.006))
+    glyphs &= ~((layer >= 128) & (letters == 0))  # earlier text hidden under an opaque marker stroke
+    glyphs |= letters > 0
     alpha = layer / np.float32(255) * np.float32(rng.uniform(0.85, 1.0))
     return _blend(img, alpha, _MARKER[rng.integers(len(_MARKER))])
 
 
-def _watermark(rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box]) -> np.ndarray:
+def _watermark(
+    rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box], glyphs: np.ndarray
+) -> np.ndarray:
     s = img.shape[0]
     text = str(rng.choice(_WATERMARKS))
     font = int(rng.choice(_PRINT_FONTS[:4]))
@@ -724,10 +742,13 @@ def _watermark(rng: np.random.Generator, img: np.ndarray, texts: list[str], take
     out = _blend(img, alpha, color)
     visible = np.abs(out.astype(np.int16) - img.astype(np.int16)).max(axis=-1) >= WATERMARK_MIN_DELTA
     texts.append(text)
+    glyphs |= visible
     return np.where(visible[..., None], out, img)
 
 
-def _title(rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box]) -> np.ndarray:
+def _title(
+    rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: list[_Box], glyphs: np.ndarray
+) -> np.ndarray:
     s = img.shape[0]
     text = str(rng.choice(_TITLES))
     bar_h = int(s * rng.uniform(0.09, 0.15))
@@ -748,9 +769,11 @@ def _title(rng: np.random.Generator, img: np.ndarray, texts: list[str], taken: l
         x += bar_h // 4
     bar_color = np.float32([[10, 10, 10], [15, 25, 60], [70, 15, 15], [40, 40, 45]][rng.integers(4)])
     img = _blend(img, banner * np.float32(rng.uniform(0.6, 0.9)), bar_color)
+    glyphs &= banner == 0  # a watermark under the banner is hidden (alpha >= 0.6)
     layer = np.zeros((s, s), np.uint8)
     cv2.putText(layer, text, (x, top + (bar_h + h) // 2), font, scale, 255, thick, cv2.LINE_AA)
     img = _blend(img, layer / np.float32(255), _INK[[0, 2][rng.integers(2)]])
+    glyphs |= layer > 0
     texts.append(text)
     return img
 
@@ -759,15 +782,20 @@ _TEXT_RENDERERS = {"watermark": _watermark, "title": _title, "printed": _printed
 _TEXT_PROBS = {"printed": 0.55, "handwritten": 0.35, "watermark": 0.3, "title": 0.3}
 
 
-def _overlay_text(rng: np.random.Generator, img: np.ndarray) -> tuple[np.ndarray, list[str], list[str]]:
-    """Composite 1-4 overlay kinds (watermark under titles under printed under handwritten)."""
+def _overlay_text(
+    rng: np.random.Generator, img: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
+    """Composite 1-4 overlay kinds (watermark under titles under printed under handwritten).
+
+    Returns the image, the glyph coverage (bool; not yet restricted to changed pixels), kinds and texts."""
     kinds = [k for k in TEXT_KINDS if rng.random() < _TEXT_PROBS[k]] or [TEXT_KINDS[rng.integers(4)]]
     texts: list[str] = []
     taken: list[_Box] = []  # boxes of drawn text, so items rarely overlap
+    glyphs = np.zeros(img.shape[:2], bool)
     for k in ("watermark", "title", "printed", "handwritten"):
         if k in kinds:
-            img = _TEXT_RENDERERS[k](rng, img, texts, taken)
-    return img, kinds, texts
+            img = _TEXT_RENDERERS[k](rng, img, texts, taken, glyphs)
+    return img, glyphs, kinds, texts
 
 
 # --------------------------------------------------------------------------------------- public API
@@ -790,11 +818,14 @@ def _render(
     image = _photo(base, scene, size)
     kinds: list[str] = []
     texts: list[str] = []
-    text_img = image
+    text_img, glyphs = image, None
     if with_text:
-        text_img, kinds, texts = _overlay_text(trng, image)
-    mask = (text_img != image).any(axis=-1)
-    sample = WeldSample(text_img, mask, label, defects, [k for k in TEXT_KINDS if k in kinds], texts)
+        text_img, glyphs, kinds, texts = _overlay_text(trng, image)
+    overlay = (text_img != image).any(axis=-1)
+    glyphs = overlay & glyphs if glyphs is not None else overlay
+    sample = WeldSample(
+        text_img, glyphs, label, defects, [k for k in TEXT_KINDS if k in kinds], texts, overlay_mask=overlay
+    )
     return sample, zone
 
 
@@ -806,7 +837,7 @@ def render_weld(
     with_text: bool,
     defect_types: Sequence[str] = DEFECT_TYPES,
 ) -> WeldSample:
-    """Render one labelled weld photo (``size`` x ``size``) and its exact text mask from ``rng``."""
+    """Render one labelled weld photo (``size`` x ``size``) and its exact text/overlay masks from ``rng``."""
     return _render(rng, label, size, with_text, defect_types)[0]
 
 
@@ -817,15 +848,23 @@ def _has_text(seed: int, index: int, fraction: float) -> bool:
     return (offset + index * _GOLDEN) % 1.0 < fraction
 
 
-def _expected_files(spec: ProceduralSpec) -> list[tuple[str, int, str, str]]:
-    """(label, index, image relpath, mask relpath) for every image of ``spec``."""
+def _expected_files(spec: ProceduralSpec) -> list[tuple[str, int, str, str, str]]:
+    """(label, index, image relpath, text-mask relpath, overlay-mask relpath) for every image of ``spec``."""
     width = max(4, len(str(spec.n_per_class)))
     rows = []
     for label in LABELS:
         folder, stem = _CLASS_DIRS[label]
         for i in range(1, spec.n_per_class + 1):
             name = f"{stem}_{i:0{width}d}"
-            rows.append((label, i, f"{folder}/{name}.{spec.image_format}", f"text_masks/{folder}/{name}.png"))
+            rows.append(
+                (
+                    label,
+                    i,
+                    f"{folder}/{name}.{spec.image_format}",
+                    f"text_masks/{folder}/{name}.png",
+                    f"overlay_masks/{folder}/{name}.png",
+                )
+            )
     return rows
 
 
@@ -845,7 +884,7 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_existing(out: Path, spec: ProceduralSpec, expected: list[tuple[str, int, str, str]]) -> bool:
+def _check_existing(out: Path, spec: ProceduralSpec, expected: list[tuple[str, int, str, str, str]]) -> bool:
     """True if ``out`` already holds this exact dataset; raise if it holds anything else."""
     spec_path = out / "spec.json"
     if spec_path.exists():
@@ -870,7 +909,7 @@ def _check_existing(out: Path, spec: ProceduralSpec, expected: list[tuple[str, i
 
 
 def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: bool = False) -> Path:
-    """Write the ingest layout (class folders, text masks, samples.csv, spec.json) for ``spec``.
+    """Write the ingest layout (class folders, text_masks/, overlay_masks/, samples.csv, spec.json) for ``spec``.
 
     Idempotent: a complete folder with the same spec is returned untouched; a different spec raises
     ``SpecMismatchError``. ``spec.json`` is written last, so an interrupted run is redone from scratch.
@@ -881,18 +920,19 @@ def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: boo
         return out
     # Redo from scratch: this folder is ours (empty, same spec, or an interrupted run).
     (out / "spec.json").unlink(missing_ok=True)
-    for sub in ("good_welds", "bad_welds", "text_masks"):
+    for sub in ("good_welds", "bad_welds", "text_masks", "overlay_masks"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / _INCOMPLETE_MARKER, json.dumps(spec.to_json()))
     for folder, _ in _CLASS_DIRS.values():
         (out / folder).mkdir()
         (out / "text_masks" / folder).mkdir(parents=True)
+        (out / "overlay_masks" / folder).mkdir(parents=True)
 
     rows: list[dict[str, str]] = []
 
-    def work(item: tuple[str, int, str, str]) -> None:
-        label, i, rel, mask_rel = item
+    def work(item: tuple[str, int, str, str, str]) -> None:
+        label, i, rel, mask_rel, overlay_rel = item
         rng = np.random.default_rng([spec.seed, LABELS.index(label), i])
         sample = render_weld(
             rng,
@@ -903,6 +943,7 @@ def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: boo
         )
         _save(out / rel, sample.image, spec.image_format)
         _save(out / mask_rel, sample.text_mask.astype(np.uint8) * 255, "png")
+        _save(out / overlay_rel, sample.overlay_mask.astype(np.uint8) * 255, "png")
         rows.append(
             {
                 "path": rel,
@@ -911,6 +952,7 @@ def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: boo
                 "text_kinds": ";".join(sample.text_kinds),
                 "texts": ";".join(sample.texts),
                 "mask_path": mask_rel,
+                "overlay_mask_path": overlay_rel,
             }
         )
 

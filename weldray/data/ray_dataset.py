@@ -66,7 +66,7 @@ def read_manifest_dataset(
     """
     import ray
 
-    from weldray.data.ingest import load_manifest
+    from weldray.data.manifest import load_manifest
 
     df = manifest if isinstance(manifest, pd.DataFrame) else load_manifest(manifest)
     rows = select_rows(df, splits=splits, folds=folds, exclude_folds=exclude_folds)

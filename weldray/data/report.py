@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from weldray.data.ingest import IngestResult
+    from weldray.data.manifest import IngestResult
 
 _SHOW = 10
 
