@@ -65,14 +65,17 @@ def test_render_is_deterministic() -> None:
     b = render_weld(_rng(3, 1, 7), label="bad_weld", size=160, with_text=True)
     assert a.image.dtype == np.uint8 and a.image.shape == (160, 160, 3)
     assert a.text_mask.dtype == bool and a.text_mask.shape == (160, 160)
+    assert a.overlay_mask.dtype == bool and a.overlay_mask.shape == (160, 160)
     assert np.array_equal(a.image, b.image) and np.array_equal(a.text_mask, b.text_mask)
+    assert np.array_equal(a.overlay_mask, b.overlay_mask)
     assert (a.defects, a.text_kinds, a.texts) == (b.defects, b.text_kinds, b.texts)
     c = render_weld(_rng(3, 1, 8), label="bad_weld", size=160, with_text=True)
     assert not np.array_equal(a.image, c.image)
 
 
-def test_text_mask_is_exactly_the_changed_pixels() -> None:
-    """Ground truth for text removal: outside the mask the image equals the text-free render."""
+def test_overlay_mask_is_exactly_the_changed_pixels_and_holds_the_text_mask() -> None:
+    """Ground truth for text removal: outside overlay_mask the image equals the text-free render, and
+    the glyph mask (text_mask) is a non-empty part of it."""
     kinds_seen: set[str] = set()
     for i in range(16):
         label = ("good_weld", "bad_weld")[i % 2]
@@ -80,7 +83,8 @@ def test_text_mask_is_exactly_the_changed_pixels() -> None:
         plain = render_weld(_rng(5, i), label=label, size=192, with_text=False)
         changed = (with_text.image != plain.image).any(axis=-1)
         assert with_text.text_mask.any() and with_text.texts
-        assert np.array_equal(changed, with_text.text_mask)
+        assert np.array_equal(changed, with_text.overlay_mask)
+        assert not (with_text.text_mask & ~with_text.overlay_mask).any()
         assert with_text.defects == plain.defects
         assert set(with_text.text_kinds) <= set(TEXT_KINDS)
         kinds_seen |= set(with_text.text_kinds)
@@ -93,7 +97,40 @@ def test_text_mask_is_exactly_the_changed_pixels() -> None:
 def test_text_free_images_have_empty_masks() -> None:
     for i in range(4):
         s = render_weld(_rng(6, i), label="bad_weld", size=96, with_text=False)
-        assert not s.text_mask.any() and s.text_kinds == [] and s.texts == []
+        assert not s.text_mask.any() and not s.overlay_mask.any() and s.text_kinds == [] and s.texts == []
+
+
+def _first_with_kinds(kinds: set[str], size: int = 192):
+    for i in range(300):
+        s = render_weld(_rng(9, i), label="good_weld", size=size, with_text=True)
+        if set(s.text_kinds) == kinds:
+            return s
+    raise AssertionError(f"no render with text kinds {kinds}")
+
+
+def test_title_banner_is_overlay_but_not_text() -> None:
+    """A title's banner is in overlay_mask only: most banner pixels are not glyphs, every glyph is."""
+    s = _first_with_kinds({"title"})
+    banner_only = s.overlay_mask & ~s.text_mask
+    assert banner_only.sum() > 2 * s.text_mask.sum() > 0
+
+
+def test_printed_and_watermark_text_masks_equal_the_overlay() -> None:
+    """Printed text (glyphs + outlines) and watermarks have no non-text graphics: both masks agree."""
+    for kinds in ({"printed"}, {"watermark"}):
+        s = _first_with_kinds(kinds)
+        assert np.array_equal(s.text_mask, s.overlay_mask), kinds
+
+
+def test_marker_strokes_are_overlay_but_not_text() -> None:
+    """Handwritten notes with loops/arrows/underlines: the strokes add overlay pixels that are not text."""
+    extra = []
+    for i in range(40):
+        s = render_weld(_rng(10, i), label="bad_weld", size=192, with_text=True)
+        if s.text_kinds == ["handwritten"]:
+            extra.append((s.overlay_mask & ~s.text_mask).sum() / s.overlay_mask.sum())
+    assert extra and max(extra) > 0.2, extra  # some notes carry marker strokes
+    assert min(extra) < 0.05, extra  # and notes without strokes are all glyphs
 
 
 @pytest.mark.parametrize("defect", DEFECT_TYPES)
@@ -123,7 +160,9 @@ def test_dataset_layout_csv_and_masks(tmp_path: Path) -> None:
     out = generate_dataset(tmp_path / "ds", spec)
     with (out / "samples.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["path", "label", "defects", "text_kinds", "texts", "mask_path"]
+    assert list(rows[0]) == procedural.CSV_COLUMNS == [
+        "path", "label", "defects", "text_kinds", "texts", "mask_path", "overlay_mask_path"
+    ]
     assert [r["label"] for r in rows].count("good_weld") == [r["label"] for r in rows].count("bad_weld") == 5
     assert sorted(p.name for p in (out / "good_welds").iterdir()) == [
         f"good_{i:04d}.jpg" for i in range(1, 6)
@@ -132,10 +171,14 @@ def test_dataset_layout_csv_and_masks(tmp_path: Path) -> None:
     for r in rows:
         image = np.asarray(Image.open(out / r["path"]))
         mask = np.asarray(Image.open(out / r["mask_path"]))
+        overlay = np.asarray(Image.open(out / r["overlay_mask_path"]))
         assert r["mask_path"] == f"text_masks/{r['path'][:-4]}.png"
+        assert r["overlay_mask_path"] == f"overlay_masks/{r['path'][:-4]}.png"
         assert image.shape == (64, 64, 3) and mask.shape == (64, 64) and mask.dtype == np.uint8
-        assert set(np.unique(mask)) <= {0, 255}
-        assert bool(mask.any()) == bool(r["text_kinds"]) == bool(r["texts"])
+        assert overlay.shape == (64, 64) and overlay.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255} and set(np.unique(overlay)) <= {0, 255}
+        assert bool(mask.any()) == bool(overlay.any()) == bool(r["text_kinds"]) == bool(r["texts"])
+        assert not ((mask > 0) & (overlay == 0)).any()
         defects = r["defects"].split(";") if r["defects"] else []
         assert (r["label"] == "bad_weld") == bool(defects) and set(defects) <= set(DEFECT_TYPES)
         assert set(filter(None, r["text_kinds"].split(";"))) <= set(TEXT_KINDS)
@@ -151,6 +194,8 @@ def test_png_files_equal_the_documented_per_image_render(tmp_path: Path) -> None
     assert np.array_equal(np.asarray(Image.open(out / "bad_welds/bad_0002.png")), s.image)
     mask = np.asarray(Image.open(out / "text_masks/bad_welds/bad_0002.png"))
     assert np.array_equal(mask > 0, s.text_mask)
+    overlay = np.asarray(Image.open(out / "overlay_masks/bad_welds/bad_0002.png"))
+    assert np.array_equal(overlay > 0, s.overlay_mask)
 
 
 def test_dataset_is_byte_identical_and_subset_independent(tmp_path: Path) -> None:
@@ -159,7 +204,7 @@ def test_dataset_is_byte_identical_and_subset_independent(tmp_path: Path) -> Non
     assert a == b
     small = _files(generate_dataset(tmp_path / "small", ProceduralSpec(n_per_class=2, image_size=64, seed=2)))
     images = [k for k in small if k.endswith((".jpg", ".png"))]
-    assert len(images) == 8 and all(small[k] == a[k] for k in images)
+    assert len(images) == 12 and all(small[k] == a[k] for k in images)  # 4 photos, 4 text + 4 overlay masks
 
 
 def test_text_fraction_is_respected_and_label_independent(tmp_path: Path) -> None:

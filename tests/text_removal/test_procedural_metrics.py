@@ -15,12 +15,13 @@ def test_procedural_metrics_smoke(tr_cfg):
 
 
 @pytest.mark.slow
-def test_procedural_metrics_16_pairs(tr_cfg):
-    """Regression guard at the measured level (README): text-free area <= 1% is met; text-pixel
-    recall is ~0.7, below the 0.98 goal, because the masks include marker circles, arrows and
-    banners that an OCR detector does not see, and faint watermarks are often missed."""
-    m = evaluate_procedural(TextCleaner(tr_cfg), 16, size=320, seed=0)
-    assert m.text_free_area_max <= 0.01
+def test_procedural_metrics_40_pairs(tr_cfg):
+    """Guard at the level reached (README table, 40 pairs at 320 px, seed 0): glyph recall 0.958 overall,
+    >= 0.99 on printed text and titles; nothing inpainted on text-free welds, bead untouched. The 0.98
+    overall goal is NOT met: two faint watermarks (one lying on the bright bead) are never detected."""
+    m = evaluate_procedural(TextCleaner(tr_cfg), 40, size=320, seed=0)
+    assert m.text_free_area_max <= 0.01 and m.text_free_false_images == 0
     assert m.bead_change_mean < 0.5
-    assert m.recall_by_kind["printed"] >= 0.8
-    assert m.text_recall >= 0.65
+    assert m.recall_by_kind["printed"] >= 0.98 and m.recall_by_kind["title"] >= 0.98
+    assert m.text_recall >= 0.95
+    assert m.overlay_recall < m.text_recall  # banners/marker strokes are not text and are not chased

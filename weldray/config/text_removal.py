@@ -38,6 +38,16 @@ class TextRemovalConfig:
     passes: int = 2
     # Detector input scale (rapidocr: shorter side resized up to this many pixels).
     det_limit_side_len: int = 736
+    # Extra detection scales (same meaning as det_limit_side_len); their boxes are added to the first
+    # scale's. Large faint watermarks are found at one scale and missed at another.
+    det_extra_side_lens: list[int] = field(default_factory=lambda: [480, 1024])
+    # rapidocr DB post-processing: probability-map binarisation threshold (lower finds fainter text) and
+    # how far each found region is grown into its box (larger boxes reach the ends of letters).
+    det_thresh: float = 0.3
+    det_unclip_ratio: float = 1.6
+    # Join kept boxes that continue one text line across a gap (a watermark crossing the bright bead is
+    # found as two pieces): same direction and height, gap at most this many line heights; 0 = off.
+    bridge_gap: float = 3.0
     # Inpainting.
     opencv_method: str = "telea"
     inpaint_radius: int = 5
@@ -73,9 +83,15 @@ class TextRemovalConfig:
         check_positive("text_removal.min_box_height_px", self.min_box_height_px, allow_zero=True)
         check_fraction("text_removal.max_box_height_fraction", self.max_box_height_fraction, inclusive_high=True)
         check_fraction("text_removal.max_box_area_fraction", self.max_box_area_fraction, inclusive_high=True)
-        if self.det_limit_side_len < 32:
-            raise ConfigError("text_removal.det_limit_side_len", f"must be >= 32, got {self.det_limit_side_len}")
+        for key, side in [("det_limit_side_len", self.det_limit_side_len)] + [
+            ("det_extra_side_lens", s) for s in self.det_extra_side_lens
+        ]:
+            if side < 32:
+                raise ConfigError(f"text_removal.{key}", f"must be >= 32, got {side}")
         check_positive("text_removal.passes", self.passes)
+        check_fraction("text_removal.det_thresh", self.det_thresh)
+        check_positive("text_removal.det_unclip_ratio", self.det_unclip_ratio)
+        check_positive("text_removal.bridge_gap", self.bridge_gap, allow_zero=True)
         check_positive("text_removal.inpaint_radius", self.inpaint_radius)
         if not self.easyocr_langs:
             raise ConfigError("text_removal.easyocr_langs", "needs at least one language code, e.g. ['en']")

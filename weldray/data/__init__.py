@@ -20,7 +20,17 @@ _EXPORTS = {
     "select_rows": "weldray.data.ray_dataset",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MANIFEST_COLUMNS",
+    "IngestResult",
+    "Reject",
+    "ingest",
+    "load_manifest",
+    "manifest_sha256",
+    "read_manifest_dataset",
+    "resolve_dataset",
+    "select_rows",
+]
 
 if TYPE_CHECKING:
     from weldray.data.manifest import (

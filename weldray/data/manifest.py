@@ -21,6 +21,7 @@ import pandas as pd
 
 from weldray import io
 from weldray.config import DataConfig, WeldrayConfig
+from weldray.data.procedural import MASK_DIRS
 from weldray.data.splits import assign_splits, group_near_duplicates, perceptual_hashes
 from weldray.preprocessing import ImageError, decode_image, sniff_format
 
@@ -122,7 +123,7 @@ def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str]], 
     top = fs.get_file_info(pafs.FileSelector(base))
     ignored = sorted(
         i.base_name for i in top if i.type == pafs.FileType.Directory and i.base_name not in data_cfg.classes
-        and not i.base_name.startswith((".", "_")) and i.base_name != "text_masks"
+        and not i.base_name.startswith((".", "_")) and i.base_name not in MASK_DIRS
     )
     found: list[tuple[str, str, str]] = []
     for folder, label in data_cfg.classes.items():

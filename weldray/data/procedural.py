@@ -79,6 +79,8 @@ LABELS: tuple[str, ...] = ("good_weld", "bad_weld")
 TEXT_KINDS: tuple[str, ...] = ("printed", "handwritten", "watermark", "title")
 WATERMARK_MIN_DELTA = 8
 JPEG_QUALITY = 92
+#: Side folders beside the class folders (not images to train on).
+MASK_DIRS = ("text_masks", "overlay_masks")
 CSV_COLUMNS = ["path", "label", "defects", "text_kinds", "texts", "mask_path", "overlay_mask_path"]
 _CLASS_DIRS = {"good_weld": ("good_welds", "good"), "bad_weld": ("bad_welds", "bad")}
 _INCOMPLETE_MARKER = ".procedural_incomplete"
@@ -909,7 +911,7 @@ def _check_existing(out: Path, spec: ProceduralSpec, expected: list[tuple[str, i
 
 
 def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: bool = False) -> Path:
-    """Write the ingest layout (class folders, text_masks/, overlay_masks/, samples.csv, spec.json) for ``spec``.
+    """Write the ingest layout (class folders, text_masks/, overlay_masks/, samples.csv, spec.json).
 
     Idempotent: a complete folder with the same spec is returned untouched; a different spec raises
     ``SpecMismatchError``. ``spec.json`` is written last, so an interrupted run is redone from scratch.
@@ -920,7 +922,7 @@ def generate_dataset(out_dir: str | Path, spec: ProceduralSpec, *, progress: boo
         return out
     # Redo from scratch: this folder is ours (empty, same spec, or an interrupted run).
     (out / "spec.json").unlink(missing_ok=True)
-    for sub in ("good_welds", "bad_welds", "text_masks", "overlay_masks"):
+    for sub in ("good_welds", "bad_welds", *MASK_DIRS):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     _write_text(out / _INCOMPLETE_MARKER, json.dumps(spec.to_json()))

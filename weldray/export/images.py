@@ -51,11 +51,9 @@ def _from_manifest(path: Path, cfg: WeldrayConfig) -> CheckImages:
 
 
 def _from_folder(root: str, cfg: WeldrayConfig) -> CheckImages:
-    from weldray.io import list_files
+    from weldray.data.layout import image_files
 
-    files = list_files(root, cfg.data.extensions)
-    # Procedural trees keep text masks beside the photos: never use them as inputs.
-    files = [f for f in files if "text_masks" not in Path(f).parts]
+    files = image_files(root, cfg.data)
     if not files:
         raise NoCheckImagesError(f"no images with extensions {cfg.data.extensions} under {root}")
     shuffled = _spread(files, len(files), cfg.seed)

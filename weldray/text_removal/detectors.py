@@ -155,7 +155,9 @@ class RapidOCRDetector:
 
     def __post_init__(self) -> None:
         self.recognizes = self.cfg.recognize
-        self._engine = _build_rapidocr(self.cfg)
+        self._engine = _build_rapidocr(self.cfg, self.cfg.det_limit_side_len)
+        # One engine per extra scale; only its detector is ever built (rapidocr loads models lazily).
+        self._extra = [_build_rapidocr(self.cfg, side) for side in self.cfg.det_extra_side_lens]
 
     def detect(self, image: np.ndarray) -> list[Detection]:
         from rapidocr.utils.process_img import get_rotate_crop_image
@@ -163,13 +165,18 @@ class RapidOCRDetector:
         bgr = np.ascontiguousarray(image[..., ::-1])  # rapidocr takes OpenCV-style BGR arrays
         # Detection and recognition run as two public calls: rapidocr's combined call drops boxes
         # whose text reads empty and the detector's box scores, both of which the records keep.
-        det = self._engine(bgr, use_det=True, use_cls=False, use_rec=False)
-        if getattr(det, "boxes", None) is None or len(det.boxes) == 0:
+        dets: list[Detection] = []
+        for engine in (self._engine, *self._extra):
+            det = engine(bgr, use_det=True, use_cls=False, use_rec=False)
+            if getattr(det, "boxes", None) is None or len(det.boxes) == 0:
+                continue
+            found = [
+                Detection(box=np.asarray(b, np.float32), det_score=float(s))
+                for b, s in zip(det.boxes, det.scores, strict=True)
+            ]
+            dets += _new_boxes(found, dets, bgr.shape)
+        if not dets:
             return []
-        dets = [
-            Detection(box=np.asarray(b, np.float32), det_score=float(s))
-            for b, s in zip(det.boxes, det.scores)
-        ]
         if self.recognizes:
             for d in dets:
                 crop = get_rotate_crop_image(bgr, d.box.copy())
@@ -180,13 +187,32 @@ class RapidOCRDetector:
         return dets
 
 
+def _new_boxes(found: list[Detection], known: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
+    """Boxes of ``found`` not already (>= 70% of their area) covered by ``known`` boxes."""
+    if not known:
+        return found
+    import cv2
+
+    covered = np.zeros(shape[:2], np.uint8)
+    for d in known:
+        cv2.fillPoly(covered, [np.round(d.box).astype(np.int32).reshape(-1, 1, 2)], 1)
+    new = []
+    for d in found:
+        own = np.zeros(shape[:2], np.uint8)
+        cv2.fillPoly(own, [np.round(d.box).astype(np.int32).reshape(-1, 1, 2)], 1)
+        area = int(own.sum())
+        if area and (own & covered).sum() < 0.7 * area:
+            new.append(d)
+    return new
+
+
 def rapidocr_model_dir() -> Path:
     import rapidocr
 
     return Path(rapidocr.__file__).resolve().parent / "models"
 
 
-def _build_rapidocr(cfg: TextRemovalConfig):  # -> rapidocr.RapidOCR
+def _build_rapidocr(cfg: TextRemovalConfig, limit_side_len: int):  # -> rapidocr.RapidOCR
     import rapidocr
     from rapidocr import RapidOCR
 
@@ -212,8 +238,10 @@ def _build_rapidocr(cfg: TextRemovalConfig):  # -> rapidocr.RapidOCR
         "Global.use_cls": False,
         "Global.text_score": 0.0,  # weldray filters by score itself and records what it rejected
         "Global.model_root_dir": str(root),
-        "Det.limit_side_len": cfg.det_limit_side_len,
+        "Det.limit_side_len": limit_side_len,
         "Det.box_thresh": min(cfg.min_det_score, 0.5),
+        "Det.thresh": cfg.det_thresh,
+        "Det.unclip_ratio": cfg.det_unclip_ratio,
         "EngineConfig.onnxruntime.use_cuda": device == "cuda",
         **{f"{k}.model_path": str(p) for k, p in paths.items()},
     }

@@ -2,11 +2,14 @@
 
 Each sample is rendered twice from the same seed, with and without text, so one run measures:
 
-* ``text_recall``: share of text pixels covered by the inpaint mask (goal >= 0.98);
+* ``text_recall``: share of text (glyph) pixels covered by the inpaint mask (goal >= 0.98);
+* ``overlay_recall``: the same over every pixel the overlay changed, banners, marker loops and arrows
+  included (informational: those are graphics, not text, and an OCR detector is not meant to find them);
 * ``text_free_area``: share of a text-free image that gets inpainted (goal <= 0.01): any box here
   is a weld ripple, spatter or edge read as text;
 * ``spurious_area``: on images with text, inpainted pixels farther than the (scaled) dilation + 3 px from
-  any text pixel (the dilation halo is intended; the rest is bead or plate erased by a false box);
+  any overlay pixel (the dilation halo is intended, and so is a title banner or marker stroke next to the
+  text; the rest is bead or plate erased by a false box or an over-long bridge);
 * ``bead_change``: mean absolute change (grey levels) of the text-free image after cleaning: 0 means
   the bead was not touched at all.
 """
@@ -28,6 +31,7 @@ class ProceduralMetrics:
     text_recall: float
     text_recall_min: float
     recall_by_kind: dict[str, float]
+    overlay_recall: float
     text_free_area_mean: float
     text_free_area_max: float
     text_free_false_images: int
@@ -47,7 +51,7 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
 
     from weldray.data.procedural import LABELS, render_weld
 
-    covered = total = 0
+    covered = total = ov_covered = ov_total = 0
     per_image, kinds_cov, kinds_tot = [], defaultdict(int), defaultdict(int)
     free_areas, spurious, bead_change, det_ms, inp_ms = [], [], [], [], []
     halo = scaled_dilation(cleaner.cfg.dilation_px, (size, size)) + 3
@@ -68,7 +72,9 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
             per_image.append(c / t)
             for k in with_text.text_kinds:
                 kinds_cov[k], kinds_tot[k] = kinds_cov[k] + c, kinds_tot[k] + t
-            near = cv2.dilate(tm.astype(np.uint8), kernel) > 0
+            om = with_text.overlay_mask
+            ov_covered, ov_total = ov_covered + int((m & om).sum()), ov_total + int(om.sum())
+            near = cv2.dilate(om.astype(np.uint8), kernel) > 0
             spurious.append(float((m & ~near).mean()))
         free = cleaner.clean(without.image)
         free_areas.append(free.mask_fraction)
@@ -79,6 +85,7 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
         text_recall=covered / total if total else float("nan"),
         text_recall_min=min(per_image) if per_image else float("nan"),
         recall_by_kind={k: kinds_cov[k] / kinds_tot[k] for k in sorted(kinds_tot)},
+        overlay_recall=ov_covered / ov_total if ov_total else float("nan"),
         text_free_area_mean=float(np.mean(free_areas)),
         text_free_area_max=float(np.max(free_areas)),
         text_free_false_images=int(sum(a > 0 for a in free_areas)),

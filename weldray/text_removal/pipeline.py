@@ -205,19 +205,11 @@ class CleanActor:
 
 
 def list_inputs(input_uri: str, output: str, cfg: WeldrayConfig) -> list[str]:
-    """Image files in INPUT's class folders (``data.classes``), or in all of INPUT when it has none,
-    minus anything under OUTPUT (when OUTPUT sits inside INPUT).
+    """The photos under INPUT (class folders only), minus anything under OUTPUT (when OUTPUT sits inside INPUT)."""
+    from weldray.data.layout import image_files
 
-    Only class folders are read so that side folders (the procedural sample's ``text_masks/``,
-    earlier outputs) are never "cleaned" into the training set.
-    """
-    endpoint = cfg.data.s3_endpoint_url
-    folders = [wio.join(input_uri, c) for c in cfg.data.classes if wio.exists(wio.join(input_uri, c), endpoint)]
-    if not folders:
-        log.info("no class folders (%s) under %s: cleaning every image in it", ", ".join(cfg.data.classes), input_uri)
-        folders = [input_uri]
-    files = [f for folder in folders for f in wio.list_files(folder, cfg.data.extensions, endpoint)]
-    out_prefix = wio.filesystem(output, endpoint)[1].rstrip("/") + "/"
+    files = image_files(input_uri, cfg.data)
+    out_prefix = wio.filesystem(output, cfg.data.s3_endpoint_url)[1].rstrip("/") + "/"
     in_is_s3 = wio.is_s3(input_uri)
     return [f for f in files if not (f[len("s3://") :] if in_is_s3 else f).startswith(out_prefix)]
 
