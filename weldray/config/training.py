@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from weldray.config._base import ConfigError, check_choice, check_fraction, check_positive
 
@@ -35,13 +34,25 @@ class TrainingConfig:
     cpus_per_worker: float = 2.0
     max_failures: int = 2
     # Cross-validation fold held out for validation (None: the manifest's val split).
-    cv_fold: Optional[int] = None
+    cv_fold: int | None = None
     # Fraction of real images per batch when synthetic data is mixed in (1.0 = real only).
     mix_real_ratio: float = 1.0
-    run_name: Optional[str] = None
+    run_name: str | None = None
+    # Evaluation: 10-view test-time augmentation (reported alongside the single-view figures).
     tta: bool = False
+    # Rows evaluated: "auto" = the held-out rows (test split, or the CV fold) when DATA is the
+    # training manifest, else every row; or one of "all", "test", "val".
+    eval_split: str = "auto"
+    # Augmentation in the Ray Data pipeline (random resized crop, flips, rotation, colour jitter).
+    augment: bool = True
+    # Torch threads per worker; None = the node's CPUs / num_workers.
+    torch_threads: int | None = None
+    # CPUs kept free for Ray Data decode/augment tasks (avoids the 2-core Train/Data deadlock).
+    data_cpus: float = 0.5
     log_tensorboard: bool = True
     log_mlflow: bool = False
+    # MLflow tracking URI when log_mlflow (None: ./mlruns, local files, no network).
+    mlflow_tracking_uri: str | None = None
 
     def __post_init__(self) -> None:
         check_positive("training.epochs", self.epochs)
@@ -62,5 +73,11 @@ class TrainingConfig:
         check_positive("training.cpus_per_worker", self.cpus_per_worker)
         check_positive("training.max_failures", self.max_failures, allow_zero=True)
         check_fraction("training.mix_real_ratio", self.mix_real_ratio, inclusive_high=True)
+        check_choice("training.eval_split", self.eval_split, ("auto", "all", "test", "val"))
+        if self.torch_threads is not None:
+            check_positive("training.torch_threads", self.torch_threads)
+        check_positive("training.data_cpus", self.data_cpus, allow_zero=True)
+        if self.cv_fold is not None and self.cv_fold < 0:
+            raise ConfigError("training.cv_fold", f"must be >= 0 (a fold index), got {self.cv_fold}")
         if self.mix_real_ratio == 0:
             raise ConfigError("training.mix_real_ratio", "must be > 0: a batch needs real images")

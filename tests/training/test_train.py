@@ -1,0 +1,141 @@
+"""Ray Train runs on the procedural sample: learning, run directory contents, kill-and-resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from weldray.config import WeldrayConfig, load_config
+
+pytestmark = pytest.mark.ray
+
+
+def _cfg(procedural_dir: Path, tmp: Path, *extra: str) -> WeldrayConfig:
+    return load_config(
+        [
+            "profile=quick_test",
+            f"data.root={procedural_dir}",
+            f"output_dir={tmp}",
+            f"ray.storage_path={tmp / 'ray_results'}",
+            # ImageNet weights (offline, pip-shipped) make a few short epochs enough to learn.
+            # Softmax head and no MixUp/CutMix: ArcFace (s=30, m=0.5) needs far more than ~12
+            # steps to leave the one-class solution (its math is tested in tests/models).
+            "model.pretrained=true",
+            "model.head=softmax",
+            "training.mixup_prob=0",
+            "training.epochs=4",
+            "training.early_stopping_patience=0",
+            "training.batch_size=8",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(procedural_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
+    from weldray.training import train
+
+    return train(_cfg(procedural_dir, tmp_path_factory.mktemp("train"), "training.run_name=learn"))
+
+
+def test_run_directory_layout(trained_run: Path) -> None:
+    for name in ("model.pt", "config.yaml", "metrics.json", "report/report.md"):
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tensorboard").glob("events.out.tfevents.*"))
+    m = json.loads((trained_run / "metrics.json").read_text())
+    assert m["epochs_run"] == 4 and [h["epoch"] for h in m["history"]] == list(range(4))
+    assert m["temperature"] > 0
+
+
+@pytest.mark.slow
+def test_training_learns(procedural_dir: Path, tmp_path: Path, ray_local: None) -> None:
+    """Accuracy well above chance (0.5) on every procedural image, and the training loss falls.
+    Slow: 4 epochs (~10 optimizer steps, the default-suite run) reach only ~0.55-0.65."""
+    from weldray.evaluation import predict_logits
+    from weldray.models import load_checkpoint
+    from weldray.training import train
+
+    run_dir = train(_cfg(procedural_dir, tmp_path, "training.run_name=learn10", "training.epochs=10"))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    losses = [h["train_loss"] for h in m["history"]]
+    assert losses[-1] < losses[0]
+    model, meta = load_checkpoint(run_dir)
+    paths = sorted(procedural_dir.glob("*_welds/*.jpg"))
+    labels = [meta.classes.index("bad_weld" if p.parent.name == "bad_welds" else "good_weld") for p in paths]
+    pred = predict_logits(model, [str(p) for p in paths], meta.image_size).argmax(1)
+    acc = float((pred == labels).mean())
+    assert acc >= 0.75, acc
+
+
+def test_checkpoint_meta(trained_run: Path) -> None:
+    from weldray.models import load_checkpoint
+
+    model, meta = load_checkpoint(trained_run / "model.pt")
+    assert meta.classes == ["good_weld", "bad_weld"] and meta.image_size == 96
+    assert meta.run_id == "learn" and meta.manifest_sha256
+    assert "val_bal_acc" in meta.metrics
+
+
+def test_scaling_plan_leaves_cpu_for_ray_data() -> None:
+    from weldray.training import scaling_plan
+
+    cfg = load_config(["training.num_workers=2"])
+    plan = scaling_plan(cfg, {"CPU": 2.0})
+    assert plan["num_workers"] == 2 and not plan["use_gpu"]
+    assert plan["cpus_per_worker"] * 2 <= 2.0 - cfg.training.data_cpus
+    assert scaling_plan(load_config([]), {"CPU": 8.0, "GPU": 1.0})["use_gpu"]
+
+
+def _train_worker_pids() -> list[int]:
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if "RayTrainWorker" in " ".join(p.cmdline() or [])
+    ]
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_checkpoint(procedural_dir: Path, tmp_path: Path, ray_local: None) -> None:
+    """Kill the training worker process after its first checkpoint: FailureConfig restarts it
+    from the last checkpoint and the run still completes every epoch; rerunning the same run
+    name resumes again instead of starting over."""
+    import os
+    import signal
+
+    from weldray.training import train
+
+    cfg = _cfg(
+        procedural_dir, tmp_path, "training.run_name=killme", "training.epochs=4", "training.max_failures=2"
+    )
+    storage = tmp_path / "ray_results" / "killme"
+    killed: list[int] = []
+
+    def killer() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            # The snapshot is written once the controller has registered a checkpoint.
+            if (storage / "checkpoint_manager_snapshot.json").is_file():
+                for pid in _train_worker_pids():
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    run_dir = train(cfg)
+    thread.join(timeout=1)
+    assert killed, "the training worker was never killed"
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    assert any(h["resumed_from"] >= 1 for h in history), history
+
+    more = train(_cfg(procedural_dir, tmp_path, "training.run_name=killme", "training.epochs=5"))
+    history = json.loads((more / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
+    assert history[-1]["resumed_from"] == 4

@@ -1,0 +1,236 @@
+"""The evaluation report: metrics, calibration before/after temperature scaling, optional TTA,
+confusion matrix / ROC / reliability PNGs, a gallery of the most confident errors, report.md."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from weldray.config import WeldrayConfig
+from weldray.evaluation.metrics import classification_metrics, expected_calibration_error, softmax
+from weldray.evaluation.predict import TTA_VIEWS, predict_logits
+
+log = logging.getLogger(__name__)
+
+GALLERY_SIZE = 8
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+                fontsize=12,
+            )
+    ax.set_xticks(range(len(classes)), classes)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_roc(labels: np.ndarray, curves: dict[str, np.ndarray], classes: list[str], path: Path) -> None:
+    """ROC of the positive class (index 1, e.g. bad_weld) for each probability set."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    for name, probs in curves.items():
+        if len(np.unique(labels)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(labels, probs[:, 1], pos_label=1)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(labels, probs[:, 1]):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel(f"true positive rate ({classes[1]})")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reliability(labels: np.ndarray, curves: dict[str, np.ndarray], path: Path, n_bins: int = 10) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.2, 4.0))
+    edges = np.linspace(0, 1, n_bins + 1)
+    for name, probs in curves.items():
+        conf, correct = probs.max(1), probs.argmax(1) == labels
+        xs, ys = [], []
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            m = (conf > lo) & (conf <= hi)
+            if m.any():
+                xs.append(conf[m].mean())
+                ys.append(correct[m].mean())
+        ax.plot(xs, ys, "o-", label=f"{name} (ECE {expected_calibration_error(probs, labels):.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_gallery(rows: pd.DataFrame, path: Path, classes: list[str]) -> None:
+    from weldray.preprocessing import load_image
+
+    plt = _plt()
+    n = len(rows)
+    cols = min(4, n)
+    fig, axes = plt.subplots(
+        (n + cols - 1) // cols, cols, figsize=(3.0 * cols, 3.3 * ((n + cols - 1) // cols)), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (_, r) in zip(axes.flat, rows.iterrows(), strict=False):
+        ax.imshow(load_image(r["path"]).resize((224, 224)))
+        ax.set_title(
+            f"{Path(r['path']).name}\ntrue {classes[r['label_index']]}, "
+            f"pred {classes[r['pred']]} {r['confidence']:.2f}",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def evaluate_rows(
+    model: Any, meta: Any, rows: pd.DataFrame, out_dir: Path, cfg: WeldrayConfig, *, title: str
+) -> dict[str, Any]:
+    """Evaluate ``rows`` (manifest rows) and write ``out_dir/report.md`` + PNGs; returns the metrics."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes, temp = list(meta.classes), float(meta.temperature)
+    paths, labels = rows["path"].tolist(), rows["label_index"].to_numpy()
+    tta = cfg.training.tta
+    logits = predict_logits(model, paths, meta.image_size, tta=tta)
+    single = logits[:, 0] if tta else logits  # view 0 is the identity
+    raw, calibrated = softmax(single, 1.0), softmax(single, temp)
+    res: dict[str, Any] = {
+        "title": title,
+        "n": len(rows),
+        "temperature": temp,
+        "single_view": classification_metrics(labels, calibrated, classes),
+        "ece_before_temperature": expected_calibration_error(raw, labels),
+        "ece_after_temperature": expected_calibration_error(calibrated, labels),
+    }
+    curves = {"single view": calibrated}
+    best = calibrated
+    if tta:
+        voted = np.mean([softmax(logits[:, v], temp) for v in range(logits.shape[1])], axis=0)
+        res["tta"] = classification_metrics(labels, voted, classes)
+        res["tta_views"] = [name for name, _ in TTA_VIEWS]
+        curves["10x TTA"] = voted
+        best = voted
+
+    plot_confusion(
+        np.array(res["single_view"]["confusion_matrix"]),
+        classes,
+        out_dir / "confusion_matrix.png",
+        f"single view, bal. acc {res['single_view']['balanced_accuracy']:.3f}",
+    )
+    if tta:
+        plot_confusion(
+            np.array(res["tta"]["confusion_matrix"]),
+            classes,
+            out_dir / "confusion_matrix_tta.png",
+            f"10x TTA, bal. acc {res['tta']['balanced_accuracy']:.3f}",
+        )
+    plot_roc(labels, curves, classes, out_dir / "roc.png")
+    plot_reliability(labels, {"T=1": raw, f"T={temp:.2f}": calibrated}, out_dir / "reliability.png")
+
+    pred = best.argmax(1)
+    errors = rows.assign(pred=pred, confidence=best.max(1))[pred != labels].sort_values(
+        "confidence", ascending=False
+    )
+    res["errors"] = [
+        {
+            "path": r["path"],
+            "true": classes[r["label_index"]],
+            "pred": classes[r["pred"]],
+            "confidence": float(r["confidence"]),
+        }
+        for _, r in errors.iterrows()
+    ]
+    if len(errors):
+        plot_gallery(errors.head(GALLERY_SIZE), out_dir / "confident_errors.png", classes)
+
+    (out_dir / "metrics.json").write_text(json.dumps(res, indent=2))
+    (out_dir / "report.md").write_text(_markdown(res, classes, has_gallery=len(errors) > 0))
+    log.info("report written to %s", out_dir / "report.md")
+    return res
+
+
+def _markdown(res: dict[str, Any], classes: list[str], *, has_gallery: bool) -> str:
+    sv = res["single_view"]
+    cols = [("single view", sv)] + ([("10x TTA", res["tta"])] if "tta" in res else [])
+    lines = [
+        f"# Evaluation: {res['title']}",
+        "",
+        f"{res['n']} images; temperature {res['temperature']:.3f} (fitted on the validation split).",
+        "",
+        "| metric | " + " | ".join(c for c, _ in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "nll", "ece"):
+        lines.append(f"| {key} | " + " | ".join(_fmt(m[key]) for _, m in cols) + " |")
+    lines += [
+        "",
+        "## Calibration (single view)",
+        "",
+        "| | ECE |",
+        "|---|---|",
+        f"| before temperature scaling (T=1) | {res['ece_before_temperature']:.3f} |",
+        f"| after temperature scaling (T={res['temperature']:.2f}) | {res['ece_after_temperature']:.3f} |",
+        "",
+        "![reliability](reliability.png)",
+        "",
+        "## Per class",
+        "",
+        "| class | " + " | ".join(f"{c} P | {c} R | {c} F1" for c, _ in cols) + " | support |",
+        "|---|" + "---|" * (3 * len(cols) + 1),
+    ]
+    for cls in classes:
+        cells = [f"{m['per_class'][cls][k]:.3f}" for _, m in cols for k in ("precision", "recall", "f1")]
+        lines.append(f"| {cls} | " + " | ".join(cells) + f" | {sv['per_class'][cls]['support']} |")
+    lines += ["", "## Confusion matrix and ROC", "", "![confusion matrix](confusion_matrix.png)"]
+    if "tta" in res:
+        lines.append("![confusion matrix, TTA](confusion_matrix_tta.png)")
+    lines += ["![ROC](roc.png)", "", f"## Most confident errors ({len(res['errors'])} errors)", ""]
+    if has_gallery:
+        lines += ["![most confident errors](confident_errors.png)", ""]
+        lines += [
+            f"- `{e['path']}`: true {e['true']}, predicted {e['pred']} ({e['confidence']:.2f})"
+            for e in res["errors"][:GALLERY_SIZE]
+        ]
+    else:
+        lines.append("No errors.")
+    return "\n".join(lines) + "\n"

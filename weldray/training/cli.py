@@ -1,0 +1,42 @@
+"""``weldray train`` and ``weldray evaluate``."""
+
+from __future__ import annotations
+
+import typer
+
+from weldray.cli_utils import exit_on_config_error, print_result
+
+
+def train(
+    data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet with the labelled photos."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
+) -> None:
+    """Train a classifier on DATA with Ray Train; prints the run directory last."""
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config([*(overrides or []), f"data.root={data}"])
+    import ray
+
+    from weldray.training import train as run_train
+
+    try:
+        run_dir = run_train(cfg)
+    finally:
+        ray.shutdown()
+    print_result(run_dir)
+
+
+def evaluate(
+    run_dir: str = typer.Argument(..., help="A run directory written by `weldray train` (holds model.pt)."),
+    data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet to evaluate on."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.tta=true."),
+) -> None:
+    """Write the evaluation report of RUN_DIR's model on DATA; prints the report path last."""
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config([*(overrides or []), f"data.root={data}"])
+    from weldray.evaluation import evaluate as run_evaluate
+
+    print_result(run_evaluate(run_dir, cfg))

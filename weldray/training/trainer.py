@@ -1,0 +1,207 @@
+"""Driver side of training: data, Ray Train TorchTrainer, calibration, run directory, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from weldray.config import WeldrayConfig
+
+log = logging.getLogger(__name__)
+
+
+def run_id_for(cfg: WeldrayConfig) -> str:
+    """``training.run_name`` (the same name resumes), else a timestamp plus the config hash."""
+    return cfg.training.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.fingerprint()[:6]}"
+
+
+def run_dir_for(cfg: WeldrayConfig, run_id: str) -> Path:
+    return Path(cfg.output_dir).resolve() / "runs" / run_id
+
+
+def _storage_path(cfg: WeldrayConfig) -> str:
+    from weldray.io import is_s3
+
+    return cfg.ray.storage_path if is_s3(cfg.ray.storage_path) else str(Path(cfg.ray.storage_path).resolve())
+
+
+def scaling_plan(cfg: WeldrayConfig, cluster: dict[str, float]) -> dict[str, Any]:
+    """Workers, CPUs per worker, GPU use and torch threads from config and the cluster.
+
+    CPUs per worker are capped so ``training.data_cpus`` stay free for Ray Data tasks: on a
+    2-core machine a worker holding both cores starves the decode/augment tasks (deadlock).
+    """
+    t = cfg.training
+    total_cpu = float(cluster.get("CPU", os.cpu_count() or 1))
+    gpus = float(cluster.get("GPU", 0))
+    use_gpu = gpus >= t.num_workers if t.use_gpu == "auto" else t.use_gpu == "true"
+    if use_gpu and gpus < t.num_workers:
+        raise RuntimeError(
+            f"training.use_gpu=true with {t.num_workers} workers but the cluster has {gpus:g} GPUs"
+        )
+    room = max(total_cpu - t.data_cpus, 0.25 * t.num_workers)
+    cpus = min(t.cpus_per_worker, room / t.num_workers)
+    threads = t.torch_threads or max(1, int(round((os.cpu_count() or 1) / t.num_workers)))
+    return {
+        "num_workers": t.num_workers,
+        "cpus_per_worker": round(cpus, 3),
+        "use_gpu": use_gpu,
+        "torch_threads": threads,
+    }
+
+
+def fit(cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: list[str]) -> Any:
+    """Run the TorchTrainer; returns Ray's Result (latest checkpoint holds the best weights)."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from weldray.training.data import build_datasets, class_weights
+    from weldray.training.loop import train_loop_per_worker
+
+    t = cfg.training
+    # One line per epoch from the loop is the progress display; Ray Data's bars would flood it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    plan = scaling_plan(cfg, ray.cluster_resources())
+    log.info(
+        "Ray Train plan: %s; data: %s (train %d, val %d, test %d)",
+        plan,
+        splits.description,
+        len(splits.train),
+        len(splits.val),
+        len(splits.test),
+    )
+    datasets = build_datasets(
+        splits,
+        list(t.image_sizes),
+        cfg.model.image_size,
+        augment=t.augment,
+        num_cpus=min(t.data_cpus, 0.5) or 0.25,
+    )
+    loop_config = {
+        "training": asdict(t),
+        "model": asdict(cfg.model),
+        "classes": classes,
+        "class_weights": class_weights(splits.train["label_index"].to_numpy(), len(classes)),
+        "n_train": len(splits.train),
+        "seed": cfg.seed,
+        "torch_threads": plan["torch_threads"],
+        "run_id": run_id,
+        "tensorboard_dir": str(run_dir / "tensorboard"),
+    }
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=plan["num_workers"],
+            use_gpu=plan["use_gpu"],
+            resources_per_worker={"CPU": plan["cpus_per_worker"]},
+        ),
+        torch_config=TorchConfig(),  # gloo on CPU, NCCL on GPU (chosen by Ray from use_gpu)
+        run_config=RunConfig(
+            name=run_id,
+            storage_path=_storage_path(cfg),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_")]),
+    )
+    return trainer.fit()
+
+
+def _read_state(checkpoint: Any) -> dict[str, Any]:
+    from weldray.training.loop import STATE_FILE
+
+    with checkpoint.as_directory() as d:
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+
+
+def train(cfg: WeldrayConfig) -> Path:
+    """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
+    return the run directory: ``model.pt`` (best epoch, temperature fitted on validation),
+    ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``."""
+    from omegaconf import OmegaConf
+
+    from weldray.data import load_manifest, manifest_sha256, resolve_dataset
+    from weldray.evaluation.metrics import fit_temperature
+    from weldray.evaluation.predict import predict_logits
+    from weldray.evaluation.report import evaluate_rows
+    from weldray.models import CheckpointMeta, build_classifier, save_checkpoint
+    from weldray.ray_utils import init_ray
+    from weldray.training.data import split_rows
+
+    t0 = time.perf_counter()
+    run_id = run_id_for(cfg)
+    run_dir = run_dir_for(cfg, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(cfg.to_dict())))
+
+    manifest_path = resolve_dataset(cfg)
+    manifest = load_manifest(manifest_path)
+    classes = cfg.data.labels
+    splits = split_rows(manifest, cfg.training.cv_fold)
+    if splits.train.empty or splits.val.empty:
+        raise ValueError(
+            f"{manifest_path}: empty train ({len(splits.train)}) or val ({len(splits.val)}) rows"
+        )
+
+    init_ray(cfg.ray, job_name="train")
+    result = fit(cfg, run_id, run_dir, splits, classes)
+    if result.error is not None:
+        raise RuntimeError(f"training run {run_id} failed: {result.error}") from result.error
+    state = _read_state(result.checkpoint)
+
+    model = build_classifier(cfg.model, len(classes), pretrained=False, classes=classes)
+    model.load_state_dict(state["best_model"])
+    model.eval()
+    torch.set_num_threads(os.cpu_count() or 1)
+    val_logits = predict_logits(model, splits.val["path"].tolist(), cfg.model.image_size)
+    temperature = fit_temperature(val_logits, splits.val["label_index"].to_numpy())
+    log.info("temperature fitted on %d validation images: %.3f", len(splits.val), temperature)
+
+    train_time = time.perf_counter() - t0
+    meta = CheckpointMeta(
+        classes=classes,
+        image_size=cfg.model.image_size,
+        model=asdict(cfg.model),
+        temperature=temperature,
+        run_id=run_id,
+        manifest_sha256=manifest_sha256(manifest_path),
+        metrics={k: v for k, v in state["best_metrics"].items() if isinstance(v, (int, float, str))},
+    )
+    save_checkpoint(run_dir / "model.pt", model, meta)
+    summary: dict[str, Any] = {
+        "run_id": run_id,
+        "manifest": str(manifest_path),
+        "data": splits.description,
+        "n_train": len(splits.train),
+        "n_val": len(splits.val),
+        "n_test": len(splits.test),
+        "temperature": temperature,
+        "best": state["best_metrics"],
+        "history": state["history"],
+        "epochs_run": len(state["history"]),
+        "train_wall_s": round(train_time, 1),
+        "ray_storage": str(result.path),
+    }
+    if not splits.test.empty:
+        summary["test"] = evaluate_rows(
+            model,
+            meta,
+            splits.test,
+            run_dir / "report",
+            cfg,
+            title=f"{run_id}: held-out {splits.description}",
+        )
+    summary["total_wall_s"] = round(time.perf_counter() - t0, 1)
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    return run_dir
