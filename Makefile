@@ -42,7 +42,10 @@ test-all: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check weldray jobs serve tests benchmarks
+	$(BIN)/ruff check weldray jobs tests benchmarks
+
+# Every benchmark in turn; each prints a table (run on a quiet machine: they measure wall time).
+bench: clean-text-bench train-bench bench-inference bench-serve
 
 # ----- Ray cluster (cluster/README.md) -------------------------------------------------------------
 # A head + worker node on this machine, ports CLUSTER_PORT..CLUSTER_PORT+99, token in CLUSTER_DIR/auth_token.
@@ -68,7 +71,7 @@ submit: install
 cluster-test: install
 	$(BIN)/python -m pytest tests/cluster -m "not gpu" $(PYTEST_ARGS)
 
-# Training stage (issue 3).
+# Training.
 .PHONY: train train-bench
 train: install
 	$(BIN)/weldray train $(or $(DATA),../shared/data/welds) $(ARGS)
@@ -76,7 +79,7 @@ train: install
 train-bench: install
 	$(BIN)/python benchmarks/train_throughput.py $(ARGS)
 
-# Export and serving (issue 4). RUN=outputs/runs/<run_id>; MODEL defaults to the export's output.
+# Export and serving. RUN=outputs/runs/<run_id>; MODEL defaults to the export's output.
 RUN ?=
 MODEL ?= models/onnx/weld_classifier.onnx
 .PHONY: export serve bench-inference bench-serve
@@ -92,7 +95,7 @@ bench-inference: install
 bench-serve: install
 	$(BIN)/python benchmarks/serve_load.py $(ARGS)
 
-# Text removal (issue 5). OUT defaults to outputs/welds_clean.
+# Text removal. OUT defaults to outputs/welds_clean.
 OUT ?= outputs/welds_clean
 .PHONY: clean-text clean-text-bench
 clean-text: install

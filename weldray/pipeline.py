@@ -106,7 +106,9 @@ def _source_images(run: PipelineRun) -> str:
 
 
 def _is_manifest(root: str | None) -> bool:
-    return bool(root) and (root.endswith(".parquet") or (not io.is_s3(root) and (Path(root) / "manifest.parquet").is_file()))
+    if not root:
+        return False
+    return root.endswith(".parquet") or (not io.is_s3(root) and (Path(root) / "manifest.parquet").is_file())
 
 
 # --- clean -------------------------------------------------------------------------------------------

@@ -23,5 +23,6 @@ def write_dataset(root: Path, n_per_class: int = 12, *, seed: int = 0) -> Path:
     for c, folder in enumerate(("good_welds", "bad_welds")):
         (root / folder).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            distinct_image(seed * 1000 + c * 100 + i).save(root / folder / f"{folder.split('_')[0]}_{i:03d}.jpg", quality=92)
+            name = f"{folder.split('_')[0]}_{i:03d}.jpg"
+            distinct_image(seed * 1000 + c * 100 + i).save(root / folder / name, quality=92)
     return root

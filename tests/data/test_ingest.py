@@ -75,7 +75,7 @@ def test_same_file_under_two_labels_is_a_conflict_kept_out_of_splits(tmp_path: P
 def test_planted_near_duplicates_never_straddle_splits_or_folds(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
     root = write_dataset(tmp_path / "ds", 14)
     planted = {}
-    for k, src in enumerate(["good_001", "good_005", "bad_002", "bad_009"]):
+    for src in ["good_001", "good_005", "bad_002", "bad_009"]:
         folder = "good_welds" if src.startswith("good") else "bad_welds"
         img = Image.open(root / folder / f"{src}.jpg")
         copies = {

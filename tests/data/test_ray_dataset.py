@@ -27,7 +27,7 @@ def test_reader_yields_resized_images_labels_and_paths(tmp_path: Path, ray_local
     expected = df[df["split"] == "train"]
     assert len(rows) == len(expected) - 1
     assert all(r["image"].shape == (64, 64, 3) and r["image"].dtype == np.uint8 for r in rows)
-    by_path = dict(zip(expected["path"], expected["label_index"]))
+    by_path = dict(zip(expected["path"], expected["label_index"], strict=True))
     assert all(by_path[r["path"]] == r["label"] for r in rows)
     assert broken not in {r["path"] for r in rows}
 

@@ -33,7 +33,8 @@ def test_ingest_from_s3_matches_local(tmp_path: Path, s3_server: str) -> None:
     r, loc = load_manifest(remote.manifest_path), load_manifest(local.manifest_path)
     assert r["path"].str.startswith("s3://welds/raw/site-a/").all()
     assert sorted(r["relpath"]) == sorted(loc["relpath"])
-    assert dict(zip(r["relpath"], r["sha256"])) == dict(zip(loc["relpath"], loc["sha256"]))
+    assert dict(zip(r["relpath"], r["sha256"], strict=True)) == dict(
+        zip(loc["relpath"], loc["sha256"], strict=True))
     assert [x.path for x in remote.rejects] == ["bad_welds/broken.jpg"]
     # Manifest rows are readable straight from S3.
     assert load_image(r["path"].iloc[0]).size == (128, 128)

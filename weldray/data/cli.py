@@ -10,7 +10,9 @@ from weldray.cli_utils import exit_on_config_error, print_result
 
 
 def ingest(
-    data: str = typer.Argument(..., help="Folder or s3:// URI with one sub-folder per class (good_welds/, bad_welds/)."),
+    data: str = typer.Argument(
+        ..., help="Folder or s3:// URI with one sub-folder per class (good_welds/, bad_welds/)."
+    ),
     overrides: Optional[list[str]] = typer.Argument(None, help="Hydra overrides, e.g. data.n_folds=5."),
 ) -> None:
     """Scan DATA, write manifest.parquet, rejects.parquet and the split report; print a summary."""

@@ -183,7 +183,7 @@ def ingest(root: str, cfg: WeldrayConfig, *, progress: bool = False) -> IngestRe
 
     # Exact copies under two labels: the label is unknowable, keep them out of every split.
     labels_by_sha: dict[str, set[str]] = defaultdict(set)
-    for digest, label in zip(df["sha256"], df["label"]):
+    for digest, label in zip(df["sha256"], df["label"], strict=True):
         labels_by_sha[digest].add(label)
     conflict_shas = {d for d, ls in labels_by_sha.items() if len(ls) > 1}
     df["label_conflict"] = df["sha256"].isin(conflict_shas)

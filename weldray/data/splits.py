@@ -82,7 +82,7 @@ def group_near_duplicates(
             block = originals[start : start + chunk]
             dist = np.bitwise_count(block[:, None, None] ^ hashes[None, :, :]).min(axis=2)
             ii, jj = np.nonzero(dist <= max_distance)
-            for i, j in zip(ii + start, jj):
+            for i, j in zip(ii + start, jj, strict=True):
                 if i != j:
                     uf.union(int(i), int(j))
     return np.array([uf.find(i) for i in range(n)], dtype=np.int64)

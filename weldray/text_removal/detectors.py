@@ -114,7 +114,10 @@ def filter_detections(
             and rect_w / (len(d.text) * max(rect_h, 1.0)) > cfg.max_char_aspect
         ):
             # Ripples along a bead read as a few letters stretched over a long box.
-            reason = f"{len(d.text)} chars over a {rect_w:.0f}x{rect_h:.0f}px box (> {cfg.max_char_aspect} w/h per char)"
+            reason = (
+                f"{len(d.text)} chars over a {rect_w:.0f}x{rect_h:.0f}px box "
+                f"(> {cfg.max_char_aspect} w/h per char)"
+            )
         elif rect_h < cfg.min_box_height_px:
             reason = f"box height {rect_h:.0f}px < {cfg.min_box_height_px}px"
         elif rect_h > cfg.max_box_height_fraction * h:
@@ -285,7 +288,8 @@ def check_easyocr_weights(cfg: TextRemovalConfig) -> Path:
         unsupported = [lang for lang in cfg.easyocr_langs if lang not in EASYOCR_WEIGHTS]
         if unsupported:
             raise ValueError(
-                f"text_removal.easyocr_langs: weldray knows the weights of {sorted(set(EASYOCR_WEIGHTS) - {'detector'})}"
+                "text_removal.easyocr_langs: weldray knows the weights of "
+                f"{sorted(set(EASYOCR_WEIGHTS) - {'detector'})}"
                 f" only, got {unsupported}"
             )
         needed += [EASYOCR_WEIGHTS[lang] for lang in dict.fromkeys(cfg.easyocr_langs)]

@@ -186,7 +186,7 @@ class CleanActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = []
-        for data, path in zip(batch["bytes"], batch["path"]):
+        for data, path in zip(batch["bytes"], batch["path"], strict=True):
             relpath = str(path)[len(self.input_root) + 1 :]
             uri = f"s3://{path}" if self.input_is_s3 else str(path)
             rows.append(
