@@ -33,11 +33,15 @@ def _storage_path(cfg: WeldrayConfig) -> str:
     return cfg.ray.storage_path if is_s3(cfg.ray.storage_path) else str(Path(cfg.ray.storage_path).resolve())
 
 
-def scaling_plan(cfg: WeldrayConfig, cluster: dict[str, float]) -> dict[str, Any]:
+def scaling_plan(
+    cfg: WeldrayConfig, cluster: dict[str, float], node_cpus: list[float] | None = None
+) -> dict[str, Any]:
     """Workers, CPUs per worker, GPU use and torch threads from config and the cluster.
 
     CPUs per worker are capped so ``training.data_cpus`` stay free for Ray Data tasks: on a
     2-core machine a worker holding both cores starves the decode/augment tasks (deadlock).
+    They are also capped at the largest node's CPUs (``node_cpus``): a worker cannot span nodes,
+    and one sized from the cluster total would never be placed on a cluster of small nodes.
     """
     t = cfg.training
     total_cpu = float(cluster.get("CPU", os.cpu_count() or 1))
@@ -48,7 +52,7 @@ def scaling_plan(cfg: WeldrayConfig, cluster: dict[str, float]) -> dict[str, Any
             f"training.use_gpu=true with {t.num_workers} workers but the cluster has {gpus:g} GPUs"
         )
     room = max(total_cpu - t.data_cpus, 0.25 * t.num_workers)
-    cpus = min(t.cpus_per_worker, room / t.num_workers)
+    cpus = min(t.cpus_per_worker, room / t.num_workers, *(node_cpus or []))
     threads = t.torch_threads or max(1, int(round((os.cpu_count() or 1) / t.num_workers)))
     return {
         "num_workers": t.num_workers,
@@ -70,7 +74,9 @@ def fit(cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: li
     t = cfg.training
     # One line per epoch from the loop is the progress display; Ray Data's bars would flood it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    plan = scaling_plan(cfg, ray.cluster_resources())
+    plan = scaling_plan(
+        cfg, ray.cluster_resources(), [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    )
     log.info(
         "Ray Train plan: %s; data: %s (train %d, val %d, test %d)",
         plan,
