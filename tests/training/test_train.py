@@ -63,7 +63,8 @@ def test_training_learns(tmp_path: Path, ray_local: None) -> None:
 
     data = generate_dataset(tmp_path / "welds", ProceduralSpec(n_per_class=50, image_size=128, seed=11))
     run_dir = train(_cfg(data, tmp_path, "training.run_name=learn", "training.epochs=8", "model.image_size=128",
-                         "training.image_sizes=[128]", "training.batch_size=16"))
+                         "training.image_sizes=[128]", "training.batch_size=16",
+                         "training.backbone_lr_mult=1.0"))
     m = json.loads((run_dir / "metrics.json").read_text())
     losses = [h["train_loss"] for h in m["history"]]
     assert losses[-1] < losses[0]
