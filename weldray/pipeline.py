@@ -17,7 +17,7 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -200,14 +200,14 @@ def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _slice(cfg: WeldrayConfig, *names: str) -> dict[str, Any]:
-    d = cfg.to_dict()
-    return {n: d[n] for n in names}
+    """The named top-level config entries, as plain data for a stage key."""
+    return {n: (asdict(v) if is_dataclass(v := getattr(cfg, n)) else v) for n in names}
 
 
 PIPELINE: tuple[Stage, ...] = (
-    Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": _slice(r.cfg, "data")["data"]["procedural"],
+    Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": asdict(r.cfg.data.procedural),
                               **_slice(r.cfg, "text_removal")}, _clean, _clean_skip),
-    Stage("ingest", lambda r: {"data": {k: v for k, v in _slice(r.cfg, "data")["data"].items()}}, _ingest),
+    Stage("ingest", lambda r: _slice(r.cfg, "data"), _ingest),
     Stage("train", lambda r: _slice(r.cfg, "model", "training", "seed"), _train),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),
     Stage("export", lambda r: _slice(r.cfg, "export"), _export),
