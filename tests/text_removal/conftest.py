@@ -35,3 +35,11 @@ def tr_cfg():
     from weldray.config import load_config
 
     return load_config([]).text_removal
+
+
+@pytest.fixture(scope="session")
+def default_cleaner(tr_cfg):
+    """A TextCleaner with the default settings (loads the OCR models once)."""
+    from weldray.text_removal import TextCleaner
+
+    return TextCleaner(tr_cfg)

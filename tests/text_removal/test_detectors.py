@@ -35,6 +35,7 @@ def test_registries_match_config_choices():
         ("text_removal.num_cpus_per_actor=0", "text_removal.num_cpus_per_actor"),
         ("text_removal.det_extra_side_lens=[480,16]", "text_removal.det_extra_side_lens"),
         ("text_removal.det_thresh=1.5", "text_removal.det_thresh"),
+        ("text_removal.min_short_text_score=2", "text_removal.min_short_text_score"),
     ],
 )
 def test_bad_config_names_the_key(override, key):
@@ -57,12 +58,15 @@ def test_filter_rejects_ripple_like_boxes(tr_cfg):
             _det([[0, 100], [320, 100], [320, 140], [0, 140]], text="CCC", text_score=0.9),  # stretched chars
             _det([[100, 0], [140, 0], [140, 300], [100, 300]], text="1", text_score=0.9),  # whole-bead height
             _det(line, det_score=0.2),
+            _det([[10, 10], [40, 10], [40, 40], [10, 40]], text="0", text_score=0.85),  # a hole read as "0"
+            _det([[10, 10], [40, 10], [40, 40], [10, 40]], text="Q", text_score=0.99),  # a sure letter
         ],
         (320, 320, 3),
         tr_cfg,
     )
-    assert [d.kept for d in dets] == [True, False, False, False, False, False]
-    assert all(d.reason for d in dets[1:])
+    assert [d.kept for d in dets] == [True, False, False, False, False, False, False, True]
+    assert "short text '0'" in dets[6].reason
+    assert all(d.reason for d in dets[1:7])
 
 
 def test_rapidocr_finds_printed_text_and_spares_text_free_welds(printed_sample, text_free_samples, tr_cfg):
@@ -105,6 +109,9 @@ def test_bridge_joins_a_line_split_by_the_bead_only():
     far.box = far.box + np.float32([200, 0])  # 120 px gap = 6 line heights
     first = _det(_line(20, 100, 80, 20, 0))
     assert len(bridge_lines([first, beside], 3.0)) == 1
+    # A two-letter piece (length 1.4 x height) leads a bridge to a single letter on its line ("D" .. "FT").
+    d_letter, ft = _det(_line(20, 100, 24, 24, 0)), _det(_line(100, 100, 34, 24, 0))
+    assert len(bridge_lines([d_letter, ft], 3.0)) == 1
     assert bridge_lines([first, below], 3.0) == []
     assert bridge_lines([first, crossing], 3.0) == []
     assert bridge_lines([first, far], 3.0) == []
@@ -176,3 +183,19 @@ def test_easyocr_detects_printed_text(printed_sample, tr_cfg):
         pytest.skip(f"easyocr weights not available offline: {exc}")
     dets = filter_detections(det.detect(printed_sample.image), printed_sample.image.shape, cfg)
     assert any(d.kept for d in dets)
+
+
+@pytest.mark.parametrize(
+    "relpath",
+    ["bad_welds/bad_0073.jpg", "bad_welds/bad_0075.jpg", "bad_welds/bad_0076.jpg", "good_welds/good_0059.jpg"],
+)
+def test_objects_read_as_one_letter_are_not_erased(real_welds_dir, default_cleaner, relpath):
+    """Real photos without overlay text where a clamp ("D"), a hole ("0" at 0.85) and a torch nozzle ("n")
+    were read as single letters: nothing may be inpainted, and the written file is the input itself."""
+    from weldray.preprocessing import load_image
+    from weldray.text_removal.pipeline import FileCodec
+
+    res = default_cleaner.clean(np.asarray(load_image(real_welds_dir / relpath)), FileCodec(relpath, 95))
+    assert not res.mask.any() and res.encoded is None and res.residual == [], [
+        (d.text, d.text_score) for d in res.kept
+    ]

@@ -27,6 +27,10 @@ class TextRemovalConfig:
     min_det_score: float = 0.5
     # Recognised text needs at least this many letters/digits (ripples read as "-", "|", ".").
     min_text_chars: int = 1
+    # Reads of at most ``short_text_chars`` letters/digits need ``min_short_text_score``: the recogniser turns
+    # any blob into one letter (holes read "0", pores "8", pliers "A" at 0.6-0.9), words it rarely invents.
+    short_text_chars: int = 2
+    min_short_text_score: float = 0.9
     # Widest plausible character (width / line height); ripples read as "CCC" over a whole bead.
     max_char_aspect: float = 2.0
     # Box geometry filters, relative to the image: text lines are short and flat; ripples
@@ -34,13 +38,17 @@ class TextRemovalConfig:
     min_box_height_px: int = 6
     max_box_height_fraction: float = 0.3
     max_box_area_fraction: float = 0.4
-    # Detect + inpaint rounds; a later round runs only when the previous one found text.
-    passes: int = 2
-    # Detector input scale (rapidocr: shorter side resized up to this many pixels).
-    det_limit_side_len: int = 736
-    # Extra detection scales (same meaning as det_limit_side_len); their boxes are added to the first
-    # scale's. Large faint watermarks are found at one scale and missed at another.
-    det_extra_side_lens: list[int] = field(default_factory=lambda: [480, 1024])
+    # Most inpaint rounds per image. After each round the image is encoded as it will be written, decoded
+    # and searched again (text under captions, leftovers of a letter); the search that finds nothing, or the
+    # one after the last round, is the audit of the written file.
+    passes: int = 3
+    # Detector input scale (rapidocr: a shorter side below this is upscaled to it; larger images are
+    # detected at their own size).
+    det_limit_side_len: int = 640
+    # Extra detection scales (same meaning as det_limit_side_len) for images with a shorter side below
+    # det_limit_side_len (upscaled for detection); their boxes are added to the first scale's. Large faint
+    # watermarks are found at one scale and missed at another.
+    det_extra_side_lens: list[int] = field(default_factory=lambda: [480, 736, 1024])
     # rapidocr DB post-processing: probability-map binarisation threshold (lower finds fainter text) and
     # how far each found region is grown into its box (larger boxes reach the ends of letters).
     det_thresh: float = 0.3
@@ -79,6 +87,8 @@ class TextRemovalConfig:
         check_fraction("text_removal.min_text_score", self.min_text_score, inclusive_high=True)
         check_fraction("text_removal.min_det_score", self.min_det_score, inclusive_high=True)
         check_positive("text_removal.min_text_chars", self.min_text_chars, allow_zero=True)
+        check_positive("text_removal.short_text_chars", self.short_text_chars, allow_zero=True)
+        check_fraction("text_removal.min_short_text_score", self.min_short_text_score, inclusive_high=True)
         check_positive("text_removal.max_char_aspect", self.max_char_aspect)
         check_positive("text_removal.min_box_height_px", self.min_box_height_px, allow_zero=True)
         check_fraction("text_removal.max_box_height_fraction", self.max_box_height_fraction, inclusive_high=True)

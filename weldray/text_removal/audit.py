@@ -22,6 +22,7 @@ def summarize(records: pd.DataFrame, cfg: WeldrayConfig, n_inputs: int) -> dict[
     ok = records[records["status"] == "ok"]
     audited = ok[ok["residual_detections"] >= 0]
     rejected_candidates = int((ok["n_candidates"] - ok["n_text_boxes"]).sum())
+    flips = reencode_flips(ok)
     return {
         "detector": cfg.text_removal.detector,
         "inpainter": cfg.text_removal.inpainter,
@@ -38,6 +39,8 @@ def summarize(records: pd.DataFrame, cfg: WeldrayConfig, n_inputs: int) -> dict[
         "audited": int(len(audited)),
         "n_with_residual_text": int((audited["residual_detections"] > 0).sum()),
         "n_residual_detections": int(audited["residual_detections"].sum()),
+        "n_reencode_flips": len(flips),
+        "n_images_with_reencode_flips": len({f["relpath"] for f in flips}),
         "detect_ms_median": float(ok.loc[~ok["resumed"], "detect_ms"].median())
         if (~ok["resumed"]).any()
         else None,
@@ -45,6 +48,22 @@ def summarize(records: pd.DataFrame, cfg: WeldrayConfig, n_inputs: int) -> dict[
         if (ok["n_text_boxes"] > 0).any()
         else None,
     }
+
+
+def reencode_flips(records: pd.DataFrame) -> list[dict[str, Any]]:
+    """Candidates that read as text on a later pass outside the inpainted area but were not inpainted (a region
+    pass 0 rejected, or a lone letter: pixels pass 0 already judged).
+
+    They are not inpainted (see ``cleaner._keep_first_judgement``) and not counted as residual text, but
+    they are borderline calls, listed with their text and score so that a person can look at them."""
+    from weldray.text_removal.cleaner import ALREADY_JUDGED
+
+    out = []
+    for r in records.itertuples():
+        for d in json.loads(r.detections):
+            if d["reason"].startswith(ALREADY_JUDGED):
+                out.append({"relpath": r.relpath, "text": d["text"], "text_score": d["text_score"], "pass": d["pass"]})
+    return out
 
 
 def write_audit(
@@ -88,8 +107,12 @@ def audit_markdown(records: pd.DataFrame, summary: dict[str, Any]) -> str:
         f"- images with text found: {s['n_with_text']} ({s['n_text_boxes']} boxes; "
         f"{s['n_candidates_filtered_out']} candidate boxes filtered out as non-text)",
         f"- mask area: mean {s['mask_fraction_mean']:.2%}, max {s['mask_fraction_max']:.2%}",
-        f"- residual audit (same detector on the cleaned files): {s['n_with_residual_text']} of {s['audited']} "
-        f"images still have text, {s['n_residual_detections']} detections in total",
+        f"- residual audit (the last search of each written file, same detector and filters as cleaning): "
+        f"{s['n_with_residual_text']} of {s['audited']} images still have text, "
+        f"{s['n_residual_detections']} detections in total",
+        f"- borderline regions: {s['n_reencode_flips']} candidates in {s['n_images_with_reencode_flips']} images "
+        "read as text on a re-encoded pass outside the inpainted area, in a region pass 0 rejected or as a lone "
+        "letter (not inpainted, not counted as residual; listed below)",
         "",
     ]
     residual = records[(records["status"] == "ok") & (records["residual_detections"] > 0)]
@@ -98,6 +121,11 @@ def audit_markdown(records: pd.DataFrame, summary: dict[str, Any]) -> str:
         for r in residual.itertuples():
             texts = [d["text"] for d in json.loads(r.residual)]
             lines.append(f"| {r.relpath} | {r.residual_detections} | {', '.join(map(repr, texts))} |")
+        lines.append("")
+    flips = reencode_flips(records[records["status"] == "ok"])
+    if flips:
+        lines += ["## Borderline regions (not inpainted)", "", "| image | pass | text | score |", "|---|---|---|---|"]
+        lines += [f"| {f['relpath']} | {f['pass']} | {f['text']!r} | {f['text_score']} |" for f in flips]
         lines.append("")
     rejects = records[records["status"] == "reject"]
     if len(rejects):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -14,6 +15,11 @@ from weldray.text_removal.inpainters import Inpainter, create_inpainter
 #: ``dilation_px`` is given for a 640 px image (the seed's 20-30 px); it scales with the short side so that
 #: a 160 px thumbnail is not wiped by a 25 px halo.
 REFERENCE_SIDE = 640
+#: A box counts as a text line (a direction to bridge along) when its length is at least this many times its
+#: height. 1.3 lets a two-letter piece ("FT" of a watermark "DRAFT" crossing the bead) lead a bridge.
+LINE_ELONGATION = 1.3
+#: Reason given to a candidate of a later pass outside the inpainted area (see ``_keep_first_judgement``).
+ALREADY_JUDGED = "judged on the original image"
 
 
 def scaled_dilation(dilation_px: int, shape: tuple[int, ...]) -> int:
@@ -36,7 +42,7 @@ def bridge_lines(detections: list[Detection], max_gap: float) -> list[np.ndarray
 
     A watermark crossing the bright bead (or a word split by a marker stroke) comes back as two boxes
     with the letters in between unfound. Two boxes are joined when the more elongated one is a line
-    (length >= 1.5 x thickness), the other lies on it (centre within half a line height of its axis,
+    (length >= ``LINE_ELONGATION`` x thickness), the other lies on it (centre within half a line height of its axis,
     directions within 15 degrees unless the other box is a single, squarish character), their heights
     agree within 1.8x and the gap between their ends is at most ``max_gap`` line heights.
     """
@@ -48,7 +54,7 @@ def bridge_lines(detections: list[Detection], max_gap: float) -> list[np.ndarray
             (ci, ui, li, ti), (cj, uj, lj, tj) = geo[i], geo[j]
             if li / max(ti, 1.0) < lj / max(tj, 1.0):  # reference: the more elongated box
                 (ci, ui, li, ti), (cj, uj, lj, tj) = (cj, uj, lj, tj), (ci, ui, li, ti)
-            if li < 1.5 * ti or max(ti, tj) > 1.8 * max(min(ti, tj), 1.0):
+            if li < LINE_ELONGATION * ti or max(ti, tj) > 1.8 * max(min(ti, tj), 1.0):
                 continue
             if lj >= 1.5 * tj and abs(float(ui @ uj)) < np.cos(np.deg2rad(15)):
                 continue
@@ -87,20 +93,75 @@ def text_mask(
     return mask
 
 
+class Codec(Protocol):
+    """How a cleaned image is stored: later passes and the audit search what a reader will decode."""
+
+    def encode(self, image: np.ndarray) -> bytes: ...
+
+    def decode(self, data: bytes) -> np.ndarray: ...
+
+
 @dataclass
 class CleanResult:
     image: np.ndarray
     mask: np.ndarray
+    #: Every candidate of every pass (``pass_index``), kept or rejected with a reason.
     detections: list[Detection]
+    #: Text the detector still finds on the final image (as decoded from ``encoded`` with a codec);
+    #: None when the final search was switched off (``audit: false``).
+    residual: list[Detection] | None = None
+    #: The stored file of the cleaned image (None without a codec, or when nothing was inpainted:
+    #: then the input itself is the output).
+    encoded: bytes | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def kept(self) -> list[Detection]:
-        return [d for d in self.detections if d.kept]
+        """The text boxes that were inpainted (the final search's finds are ``residual``, not inpainted)."""
+        left = [id(d) for d in self.residual or []]
+        return [d for d in self.detections if d.kept and id(d) not in left]
 
     @property
     def mask_fraction(self) -> float:
         return float((self.mask > 0).mean())
+
+
+def _box_map(detections: list[Detection], shape: tuple[int, ...]) -> np.ndarray:
+    import cv2
+
+    out = np.zeros(shape[:2], np.uint8)
+    for d in detections:
+        cv2.fillPoly(out, [np.round(np.asarray(d.box)).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return out
+
+
+def _keep_first_judgement(
+    found: list[Detection], mask: np.ndarray, rejected0: np.ndarray, removed: list[Detection], cfg: TextRemovalConfig
+) -> None:
+    """Outside the inpainted area a later pass adds words but does not overturn pass 0.
+
+    There the pixels are the original's up to re-encoding noise, which moves borderline recognition scores
+    by 0.1-0.3: a hole read "0" at 0.64 on the original reads 0.75, pliers beside a removed caption read
+    "A" at 0.98. So a candidate less than half inside the inpainted area is not inpainted when pass 0
+    rejected a candidate covering it, or when it reads as a lone letter or two (``short_text_chars``)
+    that does not continue a removed text line (the big "Q" of a logo whose "UANTUM" went on pass 0 does;
+    see :func:`bridge_lines`). Words found there are kept (faint text the first search missed), and
+    candidates inside the inpainted area are judged normally: leftovers of removed text and text revealed
+    under it lie there.
+    """
+    for d in found:
+        if not d.kept:
+            continue
+        own = _box_map([d], mask.shape).astype(bool)
+        area = 0.5 * max(int(own.sum()), 1)
+        if (own & (mask > 0)).sum() >= area:
+            continue
+        if (own & (rejected0 > 0)).sum() >= area:
+            d.kept, d.reason = False, f"{ALREADY_JUDGED}: rejected there on pass 0"
+        elif sum(ch.isalnum() for ch in d.text) <= cfg.short_text_chars and not any(
+            bridge_lines([r, d], max(cfg.bridge_gap, 1.0)) for r in removed
+        ):
+            d.kept, d.reason = False, f"{ALREADY_JUDGED}: a lone letter outside the inpainted area"
 
 
 class TextCleaner:
@@ -117,31 +178,70 @@ class TextCleaner:
         """All candidates, each marked kept or rejected by the configured filters."""
         return filter_detections(self.detector.detect(image), image.shape, self.cfg)
 
-    def clean(self, image: np.ndarray) -> CleanResult:
-        """Detect and inpaint, repeated up to ``passes`` times: text hidden behind larger text
-        (stamps under captions, faint watermarks) often shows only once the first layer is gone."""
+    def clean(self, image: np.ndarray, codec: Codec | None = None) -> CleanResult:
+        """Detect and inpaint until the detector finds no more text, at most ``passes`` inpaint rounds.
+
+        After each round the image goes through ``codec`` (encode as stored, decode) before the next
+        search, so each search sees the pixels a reader will get: text revealed under a removed caption and
+        leftovers of a letter are judged on the real output. Outside the inpainted area a later search adds
+        words but does not overturn pass 0 (see :func:`_keep_first_judgement`; such finds are recorded).
+        The search that finds nothing (or the one after the last round) is the audit (``residual``); with
+        ``cfg.audit`` off the search after the last round is skipped. Pass 0 runs on the original; an image
+        without text there is not re-encoded at all (``encoded`` None: store the input as it is).
+        """
         t0 = time.perf_counter()
-        detect_s = 0.0
-        out, mask, dets = image, np.zeros(image.shape[:2], np.uint8), []
-        for p in range(self.cfg.passes):
+        detect_s = audit_s = 0.0
+        dilation = scaled_dilation(self.cfg.dilation_px, image.shape)
+        view = out = image
+        mask = np.zeros(image.shape[:2], np.uint8)
+        rejected0 = mask
+        dets: list[Detection] = []
+        residual: list[Detection] | None = None
+        encoded: bytes | None = None
+        for p in range(self.cfg.passes + 1):
+            if p == self.cfg.passes and not self.cfg.audit:
+                break
             t = time.perf_counter()
-            found = self.find_text(out)
-            detect_s += time.perf_counter() - t
+            found = self.find_text(view)
+            elapsed = time.perf_counter() - t
             for d in found:
                 d.pass_index = p
+            if p == 0:
+                rejected0 = _box_map([d for d in found if not d.kept], image.shape)
+            else:
+                _keep_first_judgement(found, mask, rejected0, [d for d in dets if d.kept], self.cfg)
             dets += found
-            new = text_mask(
-                found, image.shape, scaled_dilation(self.cfg.dilation_px, image.shape), self.cfg.bridge_gap
-            )
-            if not new.any():
+            new = text_mask(found, image.shape, dilation, self.cfg.bridge_gap)
+            if not new.any() or p == self.cfg.passes:
+                # The final search of the written pixels: the audit (pass 0 counts as detection).
+                residual = [d for d in found if d.kept]
+                audit_s += elapsed if p > 0 else 0.0
+                detect_s += elapsed if p == 0 else 0.0
                 break
+            detect_s += elapsed
             out = self.inpainter.inpaint(out, new)
             mask = np.maximum(mask, new)
+            if codec is not None:
+                encoded = codec.encode(out)
+                view = codec.decode(encoded)
+            else:
+                view = out
+        if not self.cfg.audit:
+            residual = None
         total_ms = (time.perf_counter() - t0) * 1e3
         return CleanResult(
-            out, mask, dets, timings_ms={"detect": detect_s * 1e3, "inpaint": total_ms - detect_s * 1e3}
+            view,
+            mask,
+            dets,
+            residual=residual,
+            encoded=encoded,
+            timings_ms={
+                "detect": detect_s * 1e3,
+                "inpaint": total_ms - (detect_s + audit_s) * 1e3,
+                "audit": audit_s * 1e3,
+            },
         )
 
     def residual(self, cleaned: np.ndarray) -> list[Detection]:
-        """The audit: text the same detector and filters still find on a cleaned image."""
+        """Text the same detector and filters find on an image (a fresh search, no memory of passes)."""
         return [d for d in self.find_text(cleaned) if d.kept]

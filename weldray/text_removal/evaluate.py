@@ -11,11 +11,18 @@ Each sample is rendered twice from the same seed, with and without text, so one 
   any overlay pixel (the dilation halo is intended, and so is a title banner or marker stroke next to the
   text; the rest is bead or plate erased by a false box or an over-long bridge);
 * ``bead_change``: mean absolute change (grey levels) of the text-free image after cleaning: 0 means
-  the bead was not touched at all.
+  the bead was not touched at all;
+* ``bead_inpainted``: on images with text, the share of the weld bead (the metal, see :func:`bead_mask`)
+  that was inpainted, and ``bead_inpainted_no_text``: the share of the bead farther than the halo from
+  any overlay pixel that was inpainted (bead erased without text on it);
+* ``bead_error``: mean absolute difference (grey levels) between the cleaned image and the same render
+  without text, over the inpainted bead pixels (how well the fill restores the bead; the text image itself
+  scores ``bead_error_before`` there).
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -38,11 +45,44 @@ class ProceduralMetrics:
     spurious_area_mean: float
     spurious_area_max: float
     bead_change_mean: float
+    bead_inpainted_mean: float
+    bead_inpainted_max: float
+    bead_inpainted_no_text_mean: float
+    bead_inpainted_no_text_max: float
+    bead_error: float
+    bead_error_before: float
     detect_ms_median: float
     inpaint_ms_median: float
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+
+def bead_mask(seed: int, index: int, label: str, size: int) -> np.ndarray:
+    """The weld bead (the metal, ``|v| < 1`` half widths) of ``render_weld(default_rng([seed, index]))``.
+
+    The generator returns only a wide weld zone (bead + heat tint, ``|v| < 6``), so the bead is rebuilt here
+    from the generator's own helpers in the order it draws them (nominal geometry: the ragged edges of an
+    incomplete-fusion defect are not followed). The rebuilt zone is checked against the generator's:
+    a changed generator fails here instead of scoring the wrong pixels.
+    """
+    from weldray.data import procedural as gen
+
+    rng = np.random.default_rng([seed, index])
+    sample, zone = gen._render(np.random.default_rng([seed, index]), label, size, False, gen.DEFECT_TYPES)
+    base = np.random.default_rng(int(rng.integers(0, 2**63 - 1, size=3)[0]))
+    half = int(math.ceil(0.85 * size))
+    n = 2 * half + 1
+    hw0 = size * base.uniform(0.035, 0.09)
+    seam = size * base.uniform(-0.1, 0.1)
+    yc = seam + hw0 * base.uniform(0.03, 0.25) * gen._smooth1d(base, n, hw0 * 8)
+    hw = hw0 * (1 + base.uniform(0.02, 0.06) * gen._smooth1d(base, n, hw0 * 3))
+    cx, cy = gen._canonical_coords(gen._camera(base, size), size)
+    xi = np.clip((cx + (half + 0.5)).astype(np.int32), 0, 2 * half)
+    v = (cy - yc.astype(np.float32)[xi]) / hw.astype(np.float32)[xi]
+    if "incomplete_fusion" not in sample.defects and ((np.abs(v) < 6.0) != zone).mean() > 1e-3:
+        raise RuntimeError("weldray.data.procedural changed its bead geometry: update evaluate.bead_mask")
+    return np.abs(v) < 1.0
 
 
 def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: int = 0) -> ProceduralMetrics:
@@ -54,6 +94,7 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
     covered = total = ov_covered = ov_total = 0
     per_image, kinds_cov, kinds_tot = [], defaultdict(int), defaultdict(int)
     free_areas, spurious, bead_change, det_ms, inp_ms = [], [], [], [], []
+    bead_inp, bead_free_inp, bead_err, bead_err0, bead_px = [], [], [], [], 0
     halo = scaled_dilation(cleaner.cfg.dilation_px, (size, size)) + 3
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * halo + 1, 2 * halo + 1))
     for i in range(n):
@@ -76,6 +117,16 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
             ov_covered, ov_total = ov_covered + int((m & om).sum()), ov_total + int(om.sum())
             near = cv2.dilate(om.astype(np.uint8), kernel) > 0
             spurious.append(float((m & ~near).mean()))
+            bead = bead_mask(seed, i, label, size)
+            bead_inp.append(float((m & bead).sum() / max(bead.sum(), 1)))
+            far = bead & ~near
+            bead_free_inp.append(float((m & far).sum() / max(far.sum(), 1)))
+            filled = m & bead
+            if filled.any():
+                truth = without.image[filled].astype(np.int16)
+                bead_err.append(float(np.abs(res.image[filled].astype(np.int16) - truth).sum()))
+                bead_err0.append(float(np.abs(with_text.image[filled].astype(np.int16) - truth).sum()))
+                bead_px += int(filled.sum()) * 3
         free = cleaner.clean(without.image)
         free_areas.append(free.mask_fraction)
         bead_change.append(float(np.abs(free.image.astype(np.int16) - without.image.astype(np.int16)).mean()))
@@ -92,6 +143,12 @@ def evaluate_procedural(cleaner: TextCleaner, n: int, *, size: int = 320, seed: 
         spurious_area_mean=float(np.mean(spurious)) if spurious else 0.0,
         spurious_area_max=float(np.max(spurious)) if spurious else 0.0,
         bead_change_mean=float(np.mean(bead_change)),
+        bead_inpainted_mean=float(np.mean(bead_inp)) if bead_inp else 0.0,
+        bead_inpainted_max=float(np.max(bead_inp)) if bead_inp else 0.0,
+        bead_inpainted_no_text_mean=float(np.mean(bead_free_inp)) if bead_free_inp else 0.0,
+        bead_inpainted_no_text_max=float(np.max(bead_free_inp)) if bead_free_inp else 0.0,
+        bead_error=sum(bead_err) / bead_px if bead_px else 0.0,
+        bead_error_before=sum(bead_err0) / bead_px if bead_px else 0.0,
         detect_ms_median=float(np.median(det_ms)),
         inpaint_ms_median=float(np.median(inp_ms)) if inp_ms else 0.0,
     )

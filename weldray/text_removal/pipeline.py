@@ -14,7 +14,6 @@ import hashlib
 import io
 import json
 import logging
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -133,9 +132,11 @@ def process_image(
     except ImageError as exc:
         rec.update(status="reject", reason=f"{type(exc).__name__}: {exc.reason}")
         return rec
-    res = cleaner.clean(image)
+    res = cleaner.clean(image, FileCodec(relpath, cfg.jpeg_quality))
     out_uri, mask_uri = wio.join(output, relpath), wio.join(output, mask_relpath(relpath))
-    encoded = _encode(res.image, relpath, cfg.jpeg_quality)
+    # Nothing inpainted: the input bytes are the output (no generation loss, and the audit's search of
+    # pass 0 was a search of exactly this file).
+    encoded = res.encoded if res.encoded is not None else data
     wio.write_bytes(mask_uri, _encode(res.mask, "m.png", 100), endpoint_url)
     kept = res.kept
     rec.update(
@@ -151,19 +152,32 @@ def process_image(
         mask_fraction=res.mask_fraction,
         detect_ms=res.timings_ms["detect"],
         inpaint_ms=res.timings_ms["inpaint"],
+        audit_ms=res.timings_ms["audit"],
     )
-    if cfg.audit:
-        # Audit what training will read: the encoded file, not the in-memory array.
-        t = time.perf_counter()
-        residual = cleaner.residual(np.asarray(decode_image(encoded)))
+    if res.residual is not None:
         rec.update(
-            residual_detections=len(residual),
-            residual=json.dumps([d.to_dict() for d in residual]),
-            audit_ms=(time.perf_counter() - t) * 1e3,
+            residual_detections=len(res.residual),
+            residual=json.dumps([d.to_dict() for d in res.residual]),
         )
     # The image last: its presence (with the record's hash) is what resume trusts.
     wio.write_bytes(out_uri, encoded, endpoint_url)
     return rec
+
+
+@dataclass
+class FileCodec:
+    """Encode as the output file will be written (format from the extension) and decode as training reads it."""
+
+    relpath: str
+    jpeg_quality: int
+
+    def encode(self, image: np.ndarray) -> bytes:
+        return _encode(image, self.relpath, self.jpeg_quality)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        from weldray.preprocessing import decode_image
+
+        return np.asarray(decode_image(data))
 
 
 class CleanActor:

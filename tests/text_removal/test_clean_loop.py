@@ -1,0 +1,96 @@
+"""The detect -> inpaint -> encode -> re-detect loop, with a scripted detector (no OCR model needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from weldray.text_removal import Detection, TextCleaner
+from weldray.text_removal.cleaner import ALREADY_JUDGED
+from weldray.text_removal.inpainters import OpenCVInpainter
+from weldray.text_removal.pipeline import FileCodec
+
+TEXT_BOX = [[20, 20], [100, 20], [100, 40], [20, 40]]
+HOLE_BOX = [[140, 140], [180, 140], [180, 180], [140, 180]]
+
+
+def _d(box, text="W-1234", score=0.99):
+    return Detection(box=np.array(box, np.float32), det_score=0.9, text=text, text_score=score)
+
+
+class ScriptedDetector:
+    """Returns the scripted candidates call by call and remembers the images it was shown."""
+
+    name = "scripted"
+    recognizes = True
+
+    def __init__(self, script: list[list[Detection]]) -> None:
+        self.script, self.seen = script, []
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        self.seen.append(image.copy())
+        step = self.script[len(self.seen) - 1] if len(self.seen) <= len(self.script) else []
+        return [dataclasses.replace(d) for d in step]
+
+
+@pytest.fixture()
+def image():
+    rng = np.random.default_rng(0)
+    return rng.integers(60, 200, (200, 200, 3), dtype=np.uint8)
+
+
+def _cleaner(tr_cfg, script, **cfg):
+    det = ScriptedDetector(script)
+    return TextCleaner(dataclasses.replace(tr_cfg, **cfg), detector=det, inpainter=OpenCVInpainter()), det
+
+
+def test_no_text_means_one_search_and_the_input_is_the_output(tr_cfg, image):
+    cleaner, det = _cleaner(tr_cfg, [[_d(HOLE_BOX, "0", 0.6)]])
+    res = cleaner.clean(image, FileCodec("x.jpg", 95))
+    assert len(det.seen) == 1 and res.encoded is None and res.residual == []
+    assert np.array_equal(res.image, image) and not res.mask.any() and res.kept == []
+
+
+def test_leftovers_are_removed_on_the_encoded_image_until_clean(tr_cfg, image):
+    leftover = [[90, 22], [104, 22], [104, 38], [90, 38]]  # the end of the caption, inside the first mask
+    cleaner, det = _cleaner(tr_cfg, [[_d(TEXT_BOX)], [_d(leftover, "34")], []])
+    res = cleaner.clean(image, FileCodec("x.jpg", 95))
+    assert len(det.seen) == 3 and res.residual == []
+    assert [d.pass_index for d in res.kept] == [0, 1]
+    # Searches after a round see the JPEG the job writes, not the in-memory array.
+    from weldray.preprocessing import decode_image
+
+    assert np.array_equal(det.seen[-1], np.asarray(decode_image(res.encoded)))
+    assert np.array_equal(res.image, det.seen[-1])
+
+
+@pytest.mark.parametrize("first_read", [[_d(HOLE_BOX, "0", 0.64)], []])
+def test_later_passes_do_not_rejudge_untouched_pixels(tr_cfg, image, first_read):
+    """A hole read "0" at 0.64 (or not at all) on the original reads "0" at 0.95 after re-encoding:
+    not inpainted, recorded with the reason."""
+    cleaner, det = _cleaner(tr_cfg, [[_d(TEXT_BOX), *first_read], [_d(HOLE_BOX, "0", 0.95)]])
+    res = cleaner.clean(image, FileCodec("x.png", 95))
+    assert res.residual == [] and len(det.seen) == 2
+    flipped = [d for d in res.detections if d.pass_index == 1]
+    assert not flipped[0].kept and flipped[0].reason.startswith(ALREADY_JUDGED)
+    assert not res.mask[160, 160]
+
+
+def test_text_left_after_the_last_round_is_residual(tr_cfg, image):
+    under = [[30, 22], [90, 22], [90, 38], [30, 38]]  # a stamp that shows once the caption is gone
+    script = [[_d(TEXT_BOX)], [_d(under, "STAMP")], [_d(under, "STAMP")]]
+    cleaner, det = _cleaner(tr_cfg, script, passes=2)
+    res = cleaner.clean(image)
+    assert len(det.seen) == 3 and [d.text for d in res.residual] == ["STAMP"]
+    assert len(res.kept) == 2  # inpainted boxes; the residual is not counted as removed
+    cleaner, det = _cleaner(tr_cfg, script, passes=2, audit=False)
+    res = cleaner.clean(image)
+    assert len(det.seen) == 2 and res.residual is None
+
+
+def test_later_passes_still_add_words_the_first_search_missed(tr_cfg, image):
+    cleaner, det = _cleaner(tr_cfg, [[_d(TEXT_BOX)], [_d(HOLE_BOX, "SAMPLE", 0.97)], []])
+    res = cleaner.clean(image, FileCodec("x.png", 95))
+    assert res.residual == [] and [d.text for d in res.kept] == ["W-1234", "SAMPLE"] and res.mask[160, 160]
