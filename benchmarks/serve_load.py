@@ -1,10 +1,15 @@
 """HTTP load against a local Ray Serve app vs in-process ONNX Runtime on the same model.
 
     .venv/bin/python benchmarks/serve_load.py [--model models/onnx/weld_classifier.onnx] [--requests 64]
+        [--rounds 3] [serve.key=value ...]
 
 Without --model, a random-weight efficientnet_lite0@224 is exported to a temp folder. Requests are
 real weld photos (JPEG 640x640) when available. Reports p50/p95/p99 and throughput at concurrency
 1, 8 and 16 against in-process latency (batch 1, decode included) and batched throughput (batch 16).
+
+The in-process and HTTP measurements alternate, round after round, so both see the same machine
+load (on a shared machine the load changes by the minute); the comparison columns are the median
+over rounds of the per-round figures, and "best" their most favourable round.
 """
 
 from __future__ import annotations
@@ -83,6 +88,19 @@ async def _load(
     return np.array(latencies), total / wall, errors
 
 
+def _in_process(clf, payloads: list[bytes], total: int) -> tuple[np.ndarray, float]:
+    """Sequential decode + infer latencies (ms) for ``total`` requests, and batch-16 throughput."""
+    single = []
+    for i in range(total):
+        t0 = time.perf_counter()
+        clf.predict(payloads[i % len(payloads)])
+        single.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    for i in range(0, total, 16):
+        clf.predict_batch([payloads[j % len(payloads)] for j in range(i, min(i + 16, total))])
+    return np.array(single), total / (time.perf_counter() - t0)
+
+
 def main() -> None:
     from rich.console import Console
     from rich.table import Table
@@ -91,77 +109,88 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model")
-    parser.add_argument("--requests", type=int, default=64)
+    parser.add_argument("--requests", type=int, default=64, help="requests per level and round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("overrides", nargs="*", help="serve.* overrides for the Serve app")
     args = parser.parse_args()
     payloads = _payloads(32)
+    levels = (1, 8, 16)
+    loads = []
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else _model(Path(tmp))
-        from weldray.inference import WeldClassifierInference
-
-        clf = WeldClassifierInference(model, providers="cpu", intra_op_threads=args.threads)
-        for p in payloads[:3]:
-            clf.predict(p)
-        single = []
-        for p in payloads:
-            t0 = time.perf_counter()
-            clf.predict(p)
-            single.append((time.perf_counter() - t0) * 1000)
-        t0 = time.perf_counter()
-        for i in range(0, len(payloads), 16):
-            clf.predict_batch(payloads[i : i + 16])
-        batched = len(payloads) / (time.perf_counter() - t0)
-        del clf
-
         import ray
         from ray import serve
 
         from weldray.config import RayConfig, load_config
+        from weldray.inference import WeldClassifierInference
         from weldray.inference.serving import build_application
         from weldray.ray_utils import init_ray
 
+        clf = WeldClassifierInference(model, providers="cpu", intra_op_threads=args.threads)
+        for p in payloads[:3]:
+            clf.predict(p)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        cfg = load_config([f"serve.intra_op_threads={args.threads}", "serve.max_replicas=1"]).serve
+        cfg = load_config(
+            [f"serve.intra_op_threads={args.threads}", "serve.max_replicas=1", *args.overrides]
+        ).serve
         init_ray(RayConfig(num_cpus=2))
+        single: list[np.ndarray] = []
+        batched: list[float] = []
+        http: dict[int, list[tuple[np.ndarray, float, int]]] = {c: [] for c in levels}
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
             serve.run(build_application(model, cfg), name="bench", route_prefix="/")
             url = f"http://127.0.0.1:{port}"
-            results = {c: asyncio.run(_load(url, payloads, c, args.requests)) for c in (1, 8, 16)}
+            for _ in range(args.rounds):
+                loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
+                lat, thr = _in_process(clf, payloads, args.requests)
+                single.append(lat)
+                batched.append(thr)
+                for c in levels:
+                    http[c].append(asyncio.run(_load(url, payloads, c, args.requests)))
         finally:
             serve.shutdown()
             ray.shutdown()
-    p50_single = float(np.median(single))
     table = Table(
         title=f"HTTP /predict vs in-process ORT ({args.threads} threads, {args.requests} requests per level, "
-        f"load avg {Path('/proc/loadavg').read_text().split()[0]})"
+        f"{args.rounds} rounds, load avg {min(loads):.1f}-{max(loads):.1f})"
     )
-    for col in ("setup", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "vs in-process"):
+    for col in ("setup", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "vs in-process (median / best round)"):
         table.add_column(col)
+    p50_single = [float(np.median(x)) for x in single]
+    every = np.concatenate(single)
     table.add_row(
         "in-process b1 (decode+infer)",
-        f"{p50_single:.1f}",
-        f"{np.percentile(single, 95):.1f}",
-        f"{np.percentile(single, 99):.1f}",
-        f"{1000 / np.mean(single):.1f}",
+        f"{np.median(p50_single):.1f}",
+        f"{np.percentile(every, 95):.1f}",
+        f"{np.percentile(every, 99):.1f}",
+        f"{1000 / np.mean(every):.1f}",
         "0",
         "",
     )
-    table.add_row("in-process batched b16", "", "", "", f"{batched:.1f}", "0", "")
-    for c, (lat, thr, errors) in results.items():
-        note = f"p50 +{np.median(lat) - p50_single:.1f} ms" if c == 1 else f"{thr / batched:.0%} of batched"
+    table.add_row("in-process batched b16", "", "", "", f"{np.median(batched):.1f}", "0", "")
+    for c in levels:
+        lat = np.concatenate([r[0] for r in http[c]])
+        thr = [r[1] for r in http[c]]
+        if c == 1:
+            over = [float(np.median(r[0])) - p for r, p in zip(http[c], p50_single, strict=True)]
+            note = f"p50 {np.median(over):+.1f} / {min(over):+.1f} ms"
+        else:
+            ratio = [t / b for t, b in zip(thr, batched, strict=True)]
+            note = f"{np.median(ratio):.0%} / {max(ratio):.0%} of batched"
         table.add_row(
             f"HTTP concurrency {c}",
-            f"{np.median(lat):.1f}",
+            f"{np.median([np.median(r[0]) for r in http[c]]):.1f}",
             f"{np.percentile(lat, 95):.1f}",
             f"{np.percentile(lat, 99):.1f}",
-            f"{thr:.1f}",
-            str(errors),
+            f"{np.median(thr):.1f}",
+            str(sum(r[2] for r in http[c])),
             note,
         )
-    Console().print(table)
+    Console(width=200).print(table)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_onnx_export_parity_on_real_photos(tmp_path: Path, real_welds_dir: Path)
     assert check["n"] == 16 and check["argmax_agreement"] == 1.0 and check["max_abs_prob_diff"] < 1e-4
     assert "welds" in result.report["check_images"]
     proto = onnx.load(str(result.path))
-    assert proto.opset_import[0].version == 18
+    assert proto.opset_import[0].version == 20
     dim = proto.graph.input[0].type.tensor_type.shape.dim
     assert dim[0].dim_param and [d.dim_value for d in dim[1:]] == [3, 64, 64]  # dynamic batch, fixed CHW
     assert not list(tmp_path.glob("onnx/*.data"))  # weights embedded: one file
@@ -53,6 +53,21 @@ def test_dynamic_batch_matches_torch_on_procedural_images(
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_convnext_export_is_rewritten_and_exact(tmp_path: Path, procedural_dir: Path) -> None:
+    """ConvNeXt-V2: GELU fused into one node and GlobalResponseNorm factored, still equal to PyTorch."""
+    import collections
+
+    import onnx
+
+    result = export_small(tmp_path, procedural_dir, n=8, backbone="convnextv2_atto")
+    check = result.report["onnx_vs_torch"]
+    assert check["argmax_agreement"] == 1.0 and check["max_abs_prob_diff"] < 1e-4
+    ops = collections.Counter(n.op_type for n in onnx.load(str(result.path)).graph.node)
+    blocks = 2 + 2 + 6 + 2  # convnextv2_atto: one GELU and one GlobalResponseNorm per block
+    assert ops["Gelu"] == blocks and "Erf" not in ops
+    assert ops["ReduceL2"] == blocks + 1  # the GRNs + the cosine head's embedding norm
+
+
 def test_parity_failure_removes_the_export(tmp_path: Path, procedural_dir: Path, monkeypatch) -> None:
     """A graph that disagrees with its checkpoint must not survive the export."""
     from weldray.export import ParityError, pipeline
@@ -80,6 +95,7 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     export threshold is relaxed here and agreement is asserted where fp32 is decisive."""
     import onnx
 
+    from weldray.config import ExportConfig
     from weldray.export.parity import load_inputs, session_probabilities
     from weldray.inference import create_session
     from weldray.io import list_files
@@ -91,8 +107,19 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     q = result.report["int8"]
     assert q["vs_fp32"]["argmax_agreement"] >= 0.8 and q["vs_fp32"]["max_abs_prob_diff"] < 0.15
     assert q["size_mb"] < 0.5 * q["fp32_size_mb"]
-    ops = {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    graph = onnx.load(str(result.path)).graph
+    ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "DynamicQuantizeLinear" not in ops  # static QDQ
+    # uint8 activations (ONNX Runtime's fast x86 int8 path), int8 per-channel weights
+    inits = {i.name: i for i in graph.initializer}
+    zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    # The first export.int8_float_layers convolutions keep float weights; the later ones are int8.
+    k = ExportConfig().int8_float_layers
+    produced_by = {o: n for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    quantised = [n.input[1] in produced_by and produced_by[n.input[1]].op_type == "DequantizeLinear" for n in convs]
+    assert q["float_layers"] == k and len(convs) > k and not any(quantised[:k]) and all(quantised[k:])
     assert json.loads(result.path.with_suffix(".json").read_text())["precision"] == "int8"
     x, _ = load_inputs(list_files(real_welds_dir, [".jpg"])[::8], 64)
     p32 = session_probabilities(
@@ -102,6 +129,24 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     decisive = np.abs(p32[:, 0] - p32[:, 1]) > 0.1
     assert decisive.sum() >= 3
     assert (p32.argmax(1) == p8.argmax(1))[decisive].all()
+
+
+def test_int8_below_agreement_is_refused(tmp_path: Path, procedural_dir: Path, monkeypatch) -> None:
+    """The INT8 gate: too little agreement with fp32 deletes the INT8 model and says what to change."""
+    from weldray.export import ParityError, pipeline
+
+    real = pipeline.session_probabilities
+
+    def flip_int8(session, *a, **k):
+        p = real(session, *a, **k)
+        return p[:, ::-1].copy() if session._model_path.endswith(".int8.onnx") else p
+
+    monkeypatch.setattr(pipeline, "session_probabilities", flip_int8)
+    with pytest.raises(ParityError, match=r"INT8 vs fp32.*below the required 99.00%.*export.int8_float_layers=24"):
+        export_small(tmp_path, procedural_dir, fmt="int8", n=8)
+    assert not (tmp_path / "onnx" / "weld_classifier.int8.onnx").exists()
+    assert not (tmp_path / "onnx" / "weld_classifier.int8.json").exists()
+    assert (tmp_path / "onnx" / "weld_classifier.onnx").exists()  # the fp32 model passed its own check
 
 
 def test_tensorrt_needs_gpu(tmp_path: Path, procedural_dir: Path) -> None:

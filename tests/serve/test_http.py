@@ -59,8 +59,7 @@ def server(ray_local: None, model_path: Path) -> Iterator[str]:
             # Small limits so the overload test can saturate one replica.
             "serve.min_replicas=1",
             "serve.max_replicas=1",
-            "serve.max_ongoing_requests=2",
-            "serve.max_queued_requests=2",
+            "serve.max_pending_images=4",
             "serve.max_batch_size=2",
             "serve.num_cpus_per_replica=0.5",
             "serve.intra_op_threads=1",

@@ -13,25 +13,32 @@ PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
-    # Model replicas (ONNX Runtime + dynamic batching), autoscaled on ongoing requests.
+    # Replicas (HTTP + decoding + ONNX Runtime with dynamic batching, one process each), autoscaled
+    # on ongoing requests.
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: int = 4
-    max_ongoing_requests: int = 16
-    # Requests waiting for a model replica beyond this are answered 503 (JSON) at once; -1 = no limit.
-    max_queued_requests: int = 64
+    # HTTP requests one replica works on at once (Serve's limit; health checks included).
+    max_ongoing_requests: int = 256
+    # Images one replica holds (decoding, waiting for a batch, in a forward pass); a request that
+    # would exceed it is answered 503 (JSON, Retry-After) at once instead of queueing without bound.
+    max_pending_images: int = 64
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.005
+    # 0: a lone request runs at once; requests arriving during a forward pass form the next batch.
+    # > 0 waits that long for a batch to fill (more throughput under bursty load, more latency).
+    batch_wait_timeout_s: float = 0.0
+    # Threads per replica decoding and resizing uploads, outside the batch.
+    decode_threads: int = 2
     num_cpus_per_replica: float = 1.0
-    # > 0 puts model replicas on GPUs (pair with provider=cuda|tensorrt or auto).
+    # > 0 puts replicas on GPUs (pair with provider=cuda|tensorrt or auto).
     num_gpus_per_replica: float = 0.0
-    # HTTP ingress replicas (validation + decoding) and their concurrency.
-    ingress_replicas: int = 1
-    ingress_max_ongoing_requests: int = 256
     # Execution provider: auto = TensorRT/CUDA when the replica has a GPU, else CPU. Never a silent fallback.
     provider: str = "auto"
-    # ONNX Runtime intra-op threads per replica (0 = ONNX Runtime's default).
+    # ONNX Runtime intra-op threads per replica (0 = one per physical core).
     intra_op_threads: int = 0
+    # Let idle ONNX Runtime threads spin: off, because a replica's decode threads (and the proxy)
+    # share the cores; spinning threads starve them and slow everything down.
+    ort_spinning: bool = False
     # Average with the horizontally flipped image (2x compute).
     tta: bool = False
     max_body_bytes: int = 20_000_000
@@ -55,13 +62,15 @@ class ServeConfig:
             "max_body_bytes",
             "max_image_pixels",
             "max_batch_items",
-            "ingress_replicas",
-            "ingress_max_ongoing_requests",
+            "max_pending_images",
+            "decode_threads",
         ):
             check_positive(f"serve.{key}", getattr(self, key))
-        if self.max_queued_requests < 1 and self.max_queued_requests != -1:
+        if self.max_batch_items > self.max_pending_images:
             raise ConfigError(
-                "serve.max_queued_requests", f"must be -1 (no limit) or > 0, got {self.max_queued_requests}"
+                "serve.max_batch_items",
+                f"must be <= serve.max_pending_images ({self.max_pending_images}), got {self.max_batch_items}: "
+                "a larger /predict/batch request could never be admitted",
             )
         check_positive("serve.batch_wait_timeout_s", self.batch_wait_timeout_s, allow_zero=True)
         check_positive("serve.num_cpus_per_replica", self.num_cpus_per_replica, allow_zero=True)

@@ -65,7 +65,7 @@ def _remove(*paths: Path) -> None:
         Path(sidecar_path(p)).unlink(missing_ok=True) if p.suffix == ".onnx" else None
 
 
-def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
+def _check(name: str, agreement, minimum: float, *artefacts: Path, hint: str = "") -> None:
     log.info(
         "%s: argmax agreement %.2f%% on %d images, max |dp| %.2e",
         name,
@@ -78,7 +78,7 @@ def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
         raise ParityError(
             f"{name}: argmax agreement {agreement.argmax_agreement:.2%} on {agreement.n} real images is "
             f"below the required {minimum:.2%} (max |dp| {agreement.max_abs_prob_diff:.3g}); "
-            f"removed {[str(a) for a in artefacts]}"
+            f"removed {[str(a) for a in artefacts]}" + (f"; {hint}" if hint else "")
         )
 
 
@@ -156,14 +156,23 @@ def _export_int8(
     from weldray.inference.providers import create_session
 
     x_cal, used = load_inputs(calibration_paths, size)
-    quantize_int8(paths["onnx"], paths["int8"], x_cal, input_name=INPUT_NAME)
+    float_layers = cfg.export.int8_float_layers
+    quantize_int8(paths["onnx"], paths["int8"], x_cal, input_name=INPUT_NAME, float_layers=float_layers)
     int8 = create_session(str(paths["int8"]), "CPUExecutionProvider")
     p_int8 = session_probabilities(int8, x_check, sidecar.temperature)
     vs_fp32 = compare(p_fp32, p_int8)
-    _check("ONNX INT8 vs fp32", vs_fp32, cfg.export.min_int8_agreement, paths["int8"])
+    _check(
+        "ONNX INT8 vs fp32",
+        vs_fp32,
+        cfg.export.min_int8_agreement,
+        paths["int8"],
+        hint=f"keep more leading layers in float: export.int8_float_layers={max(2 * float_layers, 4)} "
+        f"(now {float_layers})",
+    )
     one = x_check[:1]
     report["int8"] = {
         "calibration_images": len(used),
+        "float_layers": float_layers,
         "vs_fp32": vs_fp32.to_dict(),
         "vs_torch": compare(p_torch, p_int8).to_dict(),
         "size_mb": paths["int8"].stat().st_size / 1e6,
@@ -172,7 +181,9 @@ def _export_int8(
         "fp32_b1_latency_ms": session_latency_ms(fp32, one),
     }
     int8_sidecar = replace(
-        sidecar, precision="int8", checks={"vs_fp32": vs_fp32.to_dict(), "calibration_images": len(used)}
+        sidecar,
+        precision="int8",
+        checks={"vs_fp32": vs_fp32.to_dict(), "calibration_images": len(used), "float_layers": float_layers},
     )
     write_sidecar(paths["int8"], int8_sidecar)
     return ExportResult(

@@ -1,5 +1,17 @@
 """Static INT8 quantisation (QDQ, per-channel) with ONNX Runtime, calibrated on real images.
 
+Choices, each measured on this project's models (see README "Export and serving"):
+
+- **uint8 activations, int8 weights (U8S8)**: ONNX Runtime's x86 int8 kernels (AVX512-VNNI /
+  AVX2) take unsigned activations; with int8 activations (S8S8) the fused int8 paths are not
+  taken and the model ran ~1.7x slower (efficientnet_lite0: 7.7 vs 4.6 ms CPU per image).
+- **leading layers kept in float** (``float_layers``): the stem and first blocks work at the
+  highest resolution with few channels, and their rounding error is carried through the whole
+  network. Keeping the first 12 Conv layers of the trained efficientnet_lite0 in float raised
+  argmax agreement with fp32 on the 263 real photos from 96.2 % to 100 % for little speed
+  (5.6 vs 4.6 ms CPU per image all-int8; fp32 9.4 ms).
+- **MinMax calibration**: Entropy and Percentile gave no better agreement here, at 3-5x the time.
+
 Dynamic quantisation is deliberately not offered: on these conv nets it is 4-5x slower than fp32
 on CPU, because it quantises activations at run time for every layer.
 """
@@ -13,6 +25,12 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+#: The layers counted by ``float_layers``. The quantiser's default op list is kept otherwise: it
+#: also quantises Clip/Relu (a ReLU6 is then folded into its convolution's uint8 range [0, 6],
+#: instead of the convolution's much wider raw range) and residual Adds. Restricting it to these
+#: ops alone lost agreement (97.3 % vs 100 %) and speed (5.9 vs 5.3 ms) on the trained lite0.
+LAYER_OPS = ("Conv", "MatMul", "Gemm")
 
 
 def _reader(x: np.ndarray, input_name: str, batch_size: int):
@@ -31,15 +49,25 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int):
     return ImageCalibrationReader()
 
 
+def leading_layers(model_path: str | Path, n: int) -> list[str]:
+    """Names of the first ``n`` quantisable nodes (graph order is topological)."""
+    import onnx
+
+    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
+    return [node.name for node in nodes if node.op_type in LAYER_OPS][:n]
+
+
 def quantize_int8(
     fp32_path: str | Path,
     out_path: str | Path,
     calibration: np.ndarray,
     *,
     input_name: str = "input",
+    float_layers: int = 12,
     batch_size: int = 8,
 ) -> Path:
-    """Write a static INT8 QDQ model (per-channel weights, MinMax activations) to ``out_path``."""
+    """Write a static INT8 QDQ model (U8S8, per-channel weights, MinMax activations) to ``out_path``,
+    with the first ``float_layers`` quantisable layers left in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -49,17 +77,30 @@ def quantize_int8(
         pre = Path(tmp) / "pre.onnx"
         # Symbolic shape inference chokes on the dynamo graph; ONNX shape inference is enough.
         quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        keep_float = leading_layers(pre, float_layers)
         staged = Path(tmp) / "int8.onnx"
-        quantize_static(
-            str(pre),
-            str(staged),
-            _reader(calibration, input_name, batch_size),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(max(level, logging.WARNING))  # the quantiser logs one INFO line per rescaled bias
+        try:
+            quantize_static(
+                str(pre),
+                str(staged),
+                _reader(calibration, input_name, batch_size),
+                quant_format=QuantFormat.QDQ,
+                nodes_to_exclude=keep_float,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        finally:
+            root.setLevel(level)
         staged.replace(out_path)
-    log.info("INT8 model (%d calibration images) written to %s", len(calibration), out_path)
+    log.info(
+        "INT8 model (%d calibration images, first %d layers in float) written to %s",
+        len(calibration),
+        len(keep_float),
+        out_path,
+    )
     return out_path

@@ -38,7 +38,9 @@ class WeldClassifierInference:
             name, or a list whose first entry is used. The session fails rather than fall back.
         tta: average the probabilities of the image and its horizontal mirror.
         review_threshold: results with confidence below this get ``needs_review=True``.
-        intra_op_threads: ONNX Runtime threads (0 = its default).
+        intra_op_threads: ONNX Runtime threads (0 = one per physical core).
+        allow_spinning: let idle ONNX Runtime threads spin (lowest latency on otherwise idle cores;
+            turn off where the cores are shared, as in a server that also decodes uploads).
         max_pixels: decompression-bomb limit for encoded inputs.
     """
 
@@ -50,6 +52,7 @@ class WeldClassifierInference:
         *,
         review_threshold: float = DEFAULT_REVIEW_THRESHOLD,
         intra_op_threads: int = 0,
+        allow_spinning: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         from weldray.io import read_bytes
@@ -72,7 +75,11 @@ class WeldClassifierInference:
         blob = read_bytes(self.model_path)
         self.model_sha256 = hashlib.sha256(blob).hexdigest()
         self._session = create_session(
-            blob, self.provider, provider_options=options, intra_op_threads=intra_op_threads
+            blob,
+            self.provider,
+            provider_options=options,
+            intra_op_threads=intra_op_threads,
+            allow_spinning=allow_spinning,
         )
         self._input = self._session.get_inputs()[0].name
 

@@ -61,9 +61,9 @@ def serve(
     host: str | None = typer.Option(None, "--host", help="Bind address (default serve.host = 127.0.0.1)."),
     port: int | None = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
 ) -> None:
-    """Serve MODEL over HTTP with Ray Serve until SIGINT/SIGTERM, then shut down cleanly."""
+    """Serve MODEL over HTTP with Ray Serve until SIGINT/SIGTERM, then stop Serve and Ray and exit 0."""
     import signal
-    import threading
+    import time
 
     import ray
     from ray import serve as ray_serve
@@ -83,18 +83,24 @@ def serve(
     except FileNotFoundError as exc:
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stopping: list[int] = []
     init_ray(cfg.ray)
+    # After ray.init, which installs its own SIGTERM handler (sys.exit(15)): ours stops Serve and
+    # Ray in order and exits 0. The handler only records the signal; the main loop does the work.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     try:
         ray_serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
         ray_serve.run(build_application(model, cfg.serve), name="weldray", route_prefix="/")
         url = f"http://{cfg.serve.host}:{cfg.serve.port}"
         typer.secho(f"serving {model} at {url} (docs: {url}/docs); Ctrl-C or SIGTERM stops", err=True)
         print_result(url)
-        stop.wait()
+        while not stopping:
+            time.sleep(0.2)
+        typer.secho(f"received {signal.Signals(stopping[0]).name}", err=True)
     finally:
-        typer.secho("shutting down Serve", err=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the shutdown half-way
+        typer.secho("shutting down Serve and Ray", err=True)
         ray_serve.shutdown()
         ray.shutdown()

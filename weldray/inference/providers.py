@@ -73,14 +73,26 @@ def create_session(
     *,
     provider_options: dict[str, Any] | None = None,
     intra_op_threads: int = 0,
+    allow_spinning: bool = True,
 ) -> Any:
-    """An InferenceSession on exactly ``provider``; raises ProviderError when it did not load."""
+    """An InferenceSession on exactly ``provider``; raises ProviderError when it did not load.
+
+    All graph optimisations (constant folding, Conv+BN/activation fusion, NCHWc layouts on CPU,
+    QDQ -> int8 kernel fusion), sequential execution (these graphs are chains: parallelism
+    comes from the intra-op pool). ``intra_op_threads`` 0 = one per physical core.
+    ``allow_spinning=False`` makes idle pool threads sleep instead of spin: slower by a few
+    percent on an idle machine, much faster when the cores are shared (an HTTP server's decode
+    threads, other processes).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     if intra_op_threads:
         opts.intra_op_num_threads = intra_op_threads
+    if not allow_spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers: list[Any] = [(provider, provider_options or {})]
     if provider != "CPUExecutionProvider":
         # Nodes a GPU provider cannot take run on CPU inside the same session; the check below still

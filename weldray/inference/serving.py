@@ -1,10 +1,13 @@
-"""The Ray Serve HTTP application: a FastAPI ingress that validates and decodes uploads, and an
-autoscaled model deployment that batches them through ONNX Runtime.
+"""The Ray Serve HTTP application: one deployment whose replicas validate, decode and classify.
 
-Two deployments so that overload is answered by us: the ingress calls the model through a
-DeploymentHandle, whose ``max_queued_requests`` limit raises BackPressureError, which becomes a
-JSON 503. Every bad upload becomes a 4xx JSON body from :mod:`weldray.preprocessing`'s checks,
-run before any pixel is decoded.
+Each replica is a FastAPI ingress holding its own ONNX Runtime session, so a request costs one hop
+(proxy -> replica) and no extra actor call. Uploads are grouped by ``@serve.batch``; a batch is
+validated (every check before any pixel is decoded: 4xx JSON from :mod:`weldray.preprocessing`),
+decoded in parallel and classified in one forward pass, in one worker-thread call. With
+``batch_wait_timeout_s = 0`` a lone request runs at once, and requests that arrive during a
+forward pass form the next batch.
+A replica admits at most ``serve.max_pending_images`` images; beyond that a request gets a JSON 503
+with ``Retry-After`` at once, instead of waiting in an unbounded queue.
 
 Entry points: :func:`build_application` (Python / ``weldray serve``) and :func:`build_app`
 (``serve run|deploy serve/config.yaml``).
@@ -15,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,6 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
 
 from weldray.config import ServeConfig
 from weldray.preprocessing import (
@@ -68,13 +73,26 @@ def error_response(
     return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
 
 
-@serve.deployment(name="WeldModel")
-class WeldModel:
-    """One ONNX Runtime session; requests are grouped by ``@serve.batch`` into one forward pass."""
+class OverloadedError(RuntimeError):
+    """The replica already holds ``serve.max_pending_images`` images."""
+
+
+api = FastAPI(
+    title="weldray",
+    description="Weld photo classification (good_weld / bad_weld). Send one image as the raw request body "
+    'or as multipart/form-data. Errors are JSON: {"error": code, "reason": text}.',
+    version="1",
+)
+
+
+@serve.deployment(name="WeldService")
+@serve.ingress(api)
+class WeldService:
+    """HTTP validation, decoding and the shared resize policy, then batched ONNX Runtime inference."""
 
     def __init__(self, model_path: str, options: dict[str, Any]) -> None:
         import ray
-        from ray.serve.metrics import Histogram
+        from ray.serve.metrics import Counter, Histogram
 
         from weldray.inference import WeldClassifierInference
 
@@ -87,44 +105,20 @@ class WeldModel:
             tta=options["tta"],
             review_threshold=options["review_threshold"],
             intra_op_threads=options["intra_op_threads"],
+            allow_spinning=options["ort_spinning"],
+            max_pixels=options["max_image_pixels"],
         )
+        self.options = options
+        self.input_size = self.infer.input_size
+        # One batch at a time runs in the worker thread (ONNX Runtime parallelises inside); the
+        # images of a batch are decoded in parallel on the decode pool.
+        self._decode_pool = ThreadPoolExecutor(options["decode_threads"], thread_name_prefix="decode")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+        self._pending = 0
         self.classify.set_max_batch_size(options["max_batch_size"])
         self.classify.set_batch_wait_timeout_s(options["batch_wait_timeout_s"])
-        self._batch_size = Histogram(
-            "weldray_batch_size", description="Images per model forward pass.", boundaries=BATCH_BOUNDARIES
-        )
-        log.info("WeldModel ready on %s", self.infer.provider)
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def classify(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        """uint8 HxWx3 images at the model size -> result dicts."""
-        self._batch_size.observe(len(images))
-        probs = await asyncio.to_thread(self.infer.probabilities, np.stack(images))
-        return [self.infer.result(row) for row in probs]
-
-    def metadata(self) -> dict[str, Any]:
-        return self.infer.metadata
-
-
-api = FastAPI(
-    title="weldray",
-    description="Weld photo classification (good_weld / bad_weld). Send one image as the raw request body "
-    'or as multipart/form-data. Errors are JSON: {"error": code, "reason": text}.',
-    version="1",
-)
-
-
-@serve.deployment(name="WeldIngress")
-@serve.ingress(api)
-class WeldIngress:
-    """HTTP: validation, decoding and the shared resize policy, then the model deployment."""
-
-    def __init__(self, model: DeploymentHandle, options: dict[str, Any]) -> None:
-        from ray.serve.metrics import Counter, Histogram
-
-        self.model = model
-        self.options = options
-        self.input_size: int = options["input_size"]
+        size = self.input_size
+        self.infer.probabilities(np.zeros((1, size, size, 3), np.uint8))  # first run allocates: not on a request
         self._requests = Counter(
             "weldray_requests_total",
             description="HTTP requests by route and outcome.",
@@ -136,7 +130,43 @@ class WeldIngress:
             boundaries=LATENCY_BOUNDARIES_MS,
             tag_keys=("route",),
         )
-        self._metadata: dict[str, Any] | None = None
+        self._batch_size = Histogram(
+            "weldray_batch_size", description="Images per model forward pass.", boundaries=BATCH_BOUNDARIES
+        )
+        log.info("WeldService ready on %s", self.infer.provider)
+
+    def __del__(self) -> None:
+        for pool in (getattr(self, "_decode_pool", None), getattr(self, "_infer_pool", None)):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
+    async def classify(self, uploads: list[bytes]) -> list[dict[str, Any] | ImageError]:
+        """Encoded uploads -> result dicts (or the ImageError of an upload that does not decode).
+
+        Decoding and the forward pass run in one worker-thread call per batch: one thread
+        handoff per request instead of two, which is what a lone request waits on when the
+        cores are busy. The images of a batch are decoded in parallel on the decode pool.
+        """
+        self._batch_size.observe(len(uploads))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._infer_pool, self._decode_and_classify, uploads)
+
+    def _decode_and_classify(self, uploads: list[bytes]) -> list[dict[str, Any] | ImageError]:
+        def prepare(data: bytes) -> np.ndarray | ImageError:
+            try:
+                return self._prepare(data)
+            except ImageError as exc:
+                return exc
+
+        decoded = [prepare(uploads[0])] if len(uploads) == 1 else list(self._decode_pool.map(prepare, uploads))
+        ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
+        results: list[dict[str, Any] | ImageError] = list(decoded)  # errors stay in place
+        if ok:
+            probs = self.infer.probabilities(np.stack([decoded[i] for i in ok]))
+            for i, row in zip(ok, probs, strict=True):
+                results[i] = self.infer.result(row)
+        return results
 
     # --- helpers -----------------------------------------------------------------------------
     def _record(self, route: str, outcome: str, started: float) -> None:
@@ -188,27 +218,35 @@ class WeldIngress:
         img = decode_image(data, max_pixels=self.options["max_image_pixels"])
         return resize_for_model(img, self.input_size)
 
+    @contextmanager
+    def _admit(self, n: int) -> Iterator[None]:
+        """Hold ``n`` image slots for the duration of the block, or refuse with OverloadedError."""
+        limit = self.options["max_pending_images"]
+        if self._pending + n > limit:
+            raise OverloadedError(f"{self._pending} images in progress on this replica (limit {limit})")
+        self._pending += n
+        try:
+            yield
+        finally:
+            self._pending -= n
+
     async def _classify(self, data: bytes) -> dict[str, Any]:
-        arr = await asyncio.to_thread(self._prepare, data)
-        return await self.model.classify.remote(arr)
+        result = await self.classify(data)
+        if isinstance(result, ImageError):
+            raise result
+        return result
 
     async def _guard(self, route: str, started: float, work) -> JSONResponse:
         """Run ``work`` and map every failure to a JSON response (never a 500 for bad input)."""
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
         try:
             payload = await work()
         except ImageError as exc:
             self._record(route, exc.code, started)
             return error_response(exc.status, exc.code, exc.reason)
-        except (BackPressureError, DeploymentUnavailableError) as exc:
+        except OverloadedError as exc:
             self._record(route, "overloaded", started)
-            return error_response(
-                503,
-                "overloaded",
-                f"the model is at capacity, retry shortly ({type(exc).__name__})",
-                {"Retry-After": "1"},
-            )
+            return error_response(503, "overloaded", f"the model is at capacity, retry shortly: {exc}",
+                                  {"Retry-After": "1"})
         except Exception as exc:  # a server fault, not the client's: still JSON, and logged
             log.exception("request failed")
             self._record(route, "error", started)
@@ -229,7 +267,8 @@ class WeldIngress:
             uploads = await self._uploads(request, await self._read_body(request))
             if len(uploads) != 1:
                 raise ImageError(f"/predict takes one image, got {len(uploads)}; use /predict/batch")
-            return await self._classify(uploads[0])
+            with self._admit(1):
+                return await self._classify(uploads[0])
 
         return await self._guard("predict", started, work)
 
@@ -257,7 +296,8 @@ class WeldIngress:
                 raise ImageTooLargeError(
                     f"{len(uploads)} images in one batch; the limit is {self.options['max_batch_items']}"
                 )
-            results = await asyncio.gather(*(one(u) for u in uploads))
+            with self._admit(len(uploads)):
+                results = await asyncio.gather(*(one(u) for u in uploads))
             return {"results": results, "n_ok": sum("error" not in r for r in results)}
 
         return await self._guard("predict_batch", started, work)
@@ -266,20 +306,17 @@ class WeldIngress:
     async def healthz(self) -> dict[str, str]:
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Readiness: a model replica answers.")
+    @api.get("/readyz", summary="Readiness: this replica's model session is loaded and has run.")
     async def readyz(self) -> JSONResponse:
-        try:
-            meta = await asyncio.wait_for(self.model.metadata.remote(), timeout=5.0)
-        except Exception as exc:
-            return error_response(503, "not_ready", f"no model replica answered: {type(exc).__name__}")
-        return JSONResponse({"status": "ready", "provider": meta["provider"]})
+        return JSONResponse({"status": "ready", "provider": self.infer.provider})
 
     @api.get("/metadata", summary="Model version, classes, input size, provider and limits.")
     async def metadata(self) -> JSONResponse:
-        if self._metadata is None:
-            self._metadata = await self.model.metadata.remote()
-        limits = {k: self.options[k] for k in ("max_body_bytes", "max_image_pixels", "max_batch_items")}
-        return JSONResponse({**self._metadata, "limits": limits, "allowed_formats": sorted(ALLOWED_FORMATS)})
+        limits = {k: self.options[k] for k in ("max_body_bytes", "max_image_pixels", "max_batch_items",
+                                               "max_pending_images")}
+        return JSONResponse(
+            {**self.infer.metadata, "limits": limits, "allowed_formats": sorted(ALLOWED_FORMATS)}
+        )
 
 
 def _autoscaling(cfg: ServeConfig) -> dict[str, Any]:
@@ -296,20 +333,12 @@ def build_application(model_path: str | Path, cfg: ServeConfig):
     from weldray.io import is_s3
 
     path = str(model_path) if is_s3(model_path) else str(Path(model_path).resolve())
-    sidecar = read_sidecar(path)  # fail here, not in a replica, when the sidecar is missing
-    options = asdict(cfg)
-    options["input_size"] = sidecar.input_size
-    model = WeldModel.options(
+    read_sidecar(path)  # fail here, not in a replica, when the sidecar is missing
+    return WeldService.options(
         autoscaling_config=_autoscaling(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,
-        max_queued_requests=cfg.max_queued_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus_per_replica, "num_gpus": cfg.num_gpus_per_replica},
-    ).bind(path, options)
-    return WeldIngress.options(
-        num_replicas=cfg.ingress_replicas,
-        max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": 0},
-    ).bind(model, options)
+    ).bind(path, asdict(cfg))
 
 
 def build_app(args: dict[str, Any]):
