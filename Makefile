@@ -72,9 +72,16 @@ cluster-test: install
 	$(BIN)/python -m pytest tests/cluster -m "not gpu" $(PYTEST_ARGS)
 
 # Training.
-.PHONY: train train-bench
+.PHONY: train cv ablation train-bench
 train: install
 	$(BIN)/weldray train $(or $(DATA),../shared/data/welds) $(ARGS)
+
+cv: install
+	$(BIN)/weldray cv $(or $(DATA),../shared/data/welds) $(ARGS)
+
+# Recipe ablation table by 5-fold group CV (in-process, ~1 h on 2 cores; resumes if interrupted).
+ablation: install
+	$(BIN)/python benchmarks/ablation.py $(or $(DATA),../shared/data/welds) $(ARGS)
 
 train-bench: install
 	$(BIN)/python benchmarks/train_throughput.py $(ARGS)

@@ -21,7 +21,8 @@ import torch
 def _step_loop(model: torch.nn.Module, steps: int, warmup: int, batch: int, size: int) -> dict[str, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (batch, 3, size, size), generator=g).float()
+    # channels_last input (the models are converted before DDP wrapping), as in weldray.training.loop.
+    x = torch.randint(0, 256, (batch, 3, size, size), generator=g).float().contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (batch,), generator=g)
     model.train()
     for i in range(warmup + steps):
@@ -47,7 +48,7 @@ def _ray_loop(config: dict[str, Any]) -> dict[str, float]:
 
     torch.set_num_threads(config["threads"])
     model = ray.train.torch.prepare_model(
-        build_classifier(ModelConfig(**config["model"]), 2, pretrained=False)
+        build_classifier(ModelConfig(**config["model"]), 2, pretrained=False).to(memory_format=torch.channels_last)
     )
     world = ray.train.get_context().get_world_size()
     res = _step_loop(model, config["steps"], config["warmup"], config["batch"], config["size"])
@@ -77,7 +78,7 @@ def main() -> None:
     rows = []
 
     torch.set_num_threads(cores)
-    model = build_classifier(cfg.model, 2, pretrained=False)
+    model = build_classifier(cfg.model, 2, pretrained=False).to(memory_format=torch.channels_last)
     bare = _step_loop(model, args.steps, args.warmup, args.batch, args.size)
     rows.append(("bare PyTorch", 1, cores, bare["images_per_s"], bare["peak_rss_mb"]))
 

@@ -7,10 +7,11 @@ from typer.testing import CliRunner
 from weldray.cli import app
 
 
-def test_help_lists_ingest() -> None:
+def test_help_lists_every_stage() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "ingest" in result.output
+    for command in ("ingest", "clean", "train", "cv", "evaluate", "export", "predict", "serve", "pipeline"):
+        assert f" {command} " in result.output, command
 
 
 def test_config_error_is_one_line_and_exit_2(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -16,7 +16,8 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
 
     A local instance is started with ``address="local"`` so that a ``ray start`` cluster
     elsewhere on the machine is never joined by accident. Token auth (Ray 2.60 default) is
-    switched off for local instances only, per ``ray.local_auth_mode``.
+    switched off for local instances only, per ``ray.local_auth_mode``, and their workers run at
+    the driver's priority (``$RAY_worker_niceness`` overrides).
     """
     import ray
 
@@ -32,6 +33,10 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
         return
     if cfg.local_auth_mode == "disabled":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Ray runs its workers at nice 15, so on a private local instance any other busy process
+    # starves the job itself (a training test ran at 0.1 img/s beside two CPU-bound processes).
+    # Here the job is the user's foreground work: same priority as the driver.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         address="local",
         num_cpus=cfg.num_cpus,

@@ -51,3 +51,30 @@ def test_optimizer_schedule_and_discriminative_lr(optimizer: str) -> None:
     assert all(b == pytest.approx(h * 0.1) for b, h in zip(back, head, strict=True))
     assert head[1] > head[0]  # warmup rises
     assert head[-1] < max(head)  # cosine decays
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_train_epoch_steps_and_weight_ema(ema_decay: float) -> None:
+    """One epoch through the shared step code: the schedule advances once per batch, and with EMA
+    on, validation sees averaged weights that lag the trained ones (off: the model itself)."""
+    from dataclasses import asdict
+
+    from weldray.config import load_config
+    from weldray.training.loop import step_context, train_epoch, validate
+
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(pretrained=False, image_size=32, embedding_dim=8, head="softmax"), 2)
+    cfg = asdict(load_config([f"training.ema_decay={ema_decay}", "training.epochs=1"]).training)
+    ctx = step_context(model, cfg, steps_per_epoch=3, num_classes=2, class_weights=[1.0, 1.0],
+                       device=torch.device("cpu"))
+    batches = [{"image": torch.rand(4, 3, 32, 32) * 255, "label": torch.tensor([0, 1, 0, 1])} for _ in range(3)]
+    seen, loss_sum, steps = train_epoch(model, batches, ctx)
+    assert (seen, steps, ctx.step) == (12, 3, 3) and np.isfinite(loss_sum)
+    averaged = ctx.eval_model(model)
+    if ema_decay == 0:
+        assert averaged is model
+    else:
+        assert averaged is not model
+        w_model, w_ema = model.head.fc.weight, averaged.head.fc.weight
+        assert not torch.equal(w_model, w_ema)
+    assert set(validate(averaged, batches)) == {"val_loss", "val_acc", "val_bal_acc"}

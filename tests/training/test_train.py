@@ -152,3 +152,28 @@ def test_killed_worker_resumes_from_checkpoint(procedural_dir: Path, tmp_path: P
     history = json.loads((more / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3, 4]
     assert history[-1]["resumed_from"] == 4
+
+
+@pytest.mark.slow
+def test_cross_validation_holds_out_each_fold_once(procedural_dir: Path, tmp_path: Path, ray_local: None) -> None:
+    """`weldray cv`: one run per fold; each run's test rows are exactly its fold, the folds are
+    disjoint, and the summary's mean is the mean of the per-fold figures."""
+    import pandas as pd
+
+    from weldray.training import cross_validate
+
+    cfg = _cfg(procedural_dir, tmp_path, "training.epochs=1")
+    summary = cross_validate(cfg, [0, 1], name="cvtest")
+    assert [r["fold"] for r in summary["folds"]] == [0, 1]
+    held: list[set[str]] = []
+    for row in summary["folds"]:
+        m = json.loads((Path(row["run_dir"]) / "metrics.json").read_text())
+        manifest = pd.read_parquet(m["manifest"])
+        fold_rows = manifest[manifest["fold"] == row["fold"]]
+        assert m["n_test"] == len(fold_rows) > 0
+        assert f"test = fold {row['fold']}" in m["data"]
+        held.append(set(fold_rows["path"]))
+    assert not held[0] & held[1]
+    mean = sum(r["balanced_accuracy"] for r in summary["folds"]) / 2
+    assert summary["balanced_accuracy_mean"] == pytest.approx(mean)
+    assert json.loads(Path(summary["path"]).read_text())["name"] == "cvtest"

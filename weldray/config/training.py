@@ -15,7 +15,7 @@ class TrainingConfig:
     batch_size: int = 16
     lr: float = 1e-3
     # Discriminative LR: backbone lr = lr * backbone_lr_mult.
-    backbone_lr_mult: float = 0.1
+    backbone_lr_mult: float = 1.0
     weight_decay: float = 0.05
     optimizer: str = "adamw"
     warmup_epochs: float = 1.0
@@ -26,7 +26,10 @@ class TrainingConfig:
     # Progressive resizing: image size per phase, phases split the epochs evenly.
     image_sizes: list[int] = field(default_factory=lambda: [192, 224])
     class_weighting: bool = True
-    early_stopping_patience: int = 5
+    early_stopping_patience: int = 0
+    # Exponential moving average of the weights (timm ModelEmaV3, warmed up); validation, the best
+    # checkpoint and the exported model use the averaged weights. 0 = off.
+    ema_decay: float = 0.99
     # Ray Train scaling.
     num_workers: int = 1
     # "auto": GPU when the cluster has one.
@@ -63,6 +66,7 @@ class TrainingConfig:
         check_choice("training.optimizer", self.optimizer, OPTIMIZERS)
         check_positive("training.warmup_epochs", self.warmup_epochs, allow_zero=True)
         check_fraction("training.label_smoothing", self.label_smoothing)
+        check_fraction("training.ema_decay", self.ema_decay)
         check_positive("training.mixup_alpha", self.mixup_alpha, allow_zero=True)
         check_positive("training.cutmix_alpha", self.cutmix_alpha, allow_zero=True)
         check_fraction("training.mixup_prob", self.mixup_prob, inclusive_high=True)

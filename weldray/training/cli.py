@@ -40,3 +40,32 @@ def evaluate(
     from weldray.evaluation import evaluate as run_evaluate
 
     print_result(run_evaluate(run_dir, cfg))
+
+
+def cv(
+    data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet with the labelled photos."),
+    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
+    folds: str | None = typer.Option(None, help="Comma list of folds to run (default: all data.n_folds)."),
+    name: str | None = typer.Option(None, help="Name of the CV run (default: cv-<config hash>)."),
+) -> None:
+    """K-fold group cross-validation: one `weldray train` run per fold, each fold held out once;
+    prints per-fold and mean balanced accuracy, and the summary JSON path last."""
+    with exit_on_config_error():
+        from weldray.config import load_config
+
+        cfg = load_config([*(overrides or []), f"data.root={data}"])
+    import ray
+
+    from weldray.training import cross_validate
+
+    try:
+        summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
+    finally:
+        ray.shutdown()
+    for row in summary["folds"]:
+        print(f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}")
+    print(
+        f"mean balanced accuracy {summary['balanced_accuracy_mean']:.3f} "
+        f"+- {summary['balanced_accuracy_std']:.3f} over {len(summary['folds'])} folds"
+    )
+    print_result(summary["path"])

@@ -53,5 +53,6 @@ def cross_validate(
         summary["tta_balanced_accuracy_mean"] = float(np.mean([r["tta_balanced_accuracy"] for r in results]))
     out = Path(cfg.output_dir) / "cv" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    summary["path"] = str(out)
     out.write_text(json.dumps(summary, indent=2))
     return summary

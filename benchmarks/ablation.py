@@ -1,0 +1,243 @@
+"""Recipe ablation by k-fold group cross-validation, in one process.
+
+Each recipe is a set of config overrides on top of the profile (default ``cpu``). For every fold
+the model trains with the library's own pieces (``weldray.training.loop.step_context`` /
+``train_epoch`` / ``validate``, ``weldray.training.data.Augment`` and ``split_rows``), exactly as
+the Ray Train loop does, but on photos decoded once and kept in memory, so a 5-fold run of one
+recipe costs minutes instead of Ray start-up and re-decoding per fold. The best epoch is chosen on
+the validation rows (as ``weldray train`` does) and scored on the held-out fold.
+
+    .venv/bin/python benchmarks/ablation.py DATA [--folds 0,1,2,3,4] [--recipes default,no_mixup] \
+        [--out outputs/ablation/NAME.json] [key=value ...]
+
+Results are added to the JSON file after every fold (under a lock, so one process per core can
+share it), and recipes/folds already in it are not re-run: an interrupted ablation resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# The default recipe, and per element one variant that switches it off (or on, for elements the
+# cpu default leaves off); "plain_finetune" is the baseline: softmax, no augmentation, no tricks.
+RECIPES: dict[str, list[str]] = {
+    "default": [],
+    "plain_finetune": [
+        "model.head=softmax",
+        "training.mixup_prob=0.0",
+        "training.label_smoothing=0.0",
+        "training.image_sizes=[224]",
+        "training.class_weighting=false",
+        "training.augment=false",
+        "training.ema_decay=0.0",
+        "training.epochs=10",
+    ],
+    "no_weight_ema": ["training.ema_decay=0.0"],
+    "discriminative_lr_0.1": ["training.backbone_lr_mult=0.1"],
+    "no_mixup_cutmix": ["training.mixup_prob=0.0"],
+    "softmax_head": ["model.head=softmax"],
+    "no_progressive_resize": ["training.image_sizes=[224]"],
+    "early_stopping_5": ["training.early_stopping_patience=5"],
+    "no_label_smoothing": ["training.label_smoothing=0.0"],
+    "no_augment": ["training.augment=false"],
+    "no_class_weighting": ["training.class_weighting=false"],
+    "cosface_head": ["model.head=cosface", "model.margin=0.35"],
+    "ranger21": ["training.optimizer=ranger21"],
+    "size_320": ["training.image_sizes=[256,320]", "model.image_size=320"],
+}
+
+
+def _load_images(paths: list[str], size: int) -> np.ndarray:
+    from weldray.preprocessing import load_image, resize_for_model
+
+    return np.stack([np.asarray(resize_for_model(load_image(p), size)) for p in paths])
+
+
+class ImageCache:
+    """Every manifest image decoded once per size (the resize policy of ``weldray.preprocessing``)."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.index = {p: i for i, p in enumerate(paths)}
+        self.paths = paths
+        self._by_size: dict[int, np.ndarray] = {}
+
+    def get(self, paths: list[str], size: int) -> np.ndarray:
+        if size not in self._by_size:
+            t0 = time.perf_counter()
+            self._by_size[size] = _load_images(self.paths, size)
+            print(f"  decoded {len(self.paths)} images at {size}px in {time.perf_counter() - t0:.1f}s", flush=True)
+        return self._by_size[size][[self.index[p] for p in paths]]
+
+
+def _batches(images: np.ndarray, labels: np.ndarray, batch: int, augment: Any, rng: np.random.Generator):
+    order = rng.permutation(len(images))
+    for i in range(0, len(order) - batch + 1, batch):
+        idx = order[i : i + batch]
+        out = augment({"image": images[idx], "label": labels[idx]})
+        yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
+
+
+def _eval_batches(images: np.ndarray, labels: np.ndarray, batch: int = 64):
+    for i in range(0, len(images), batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
+        yield {"image": x, "label": torch.from_numpy(labels[i : i + batch].astype(np.int64))}
+
+
+@torch.no_grad()
+def _scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    model.eval()
+    batches = _eval_batches(images, np.zeros(len(images), int))
+    z = torch.cat([model(b["image"].float().contiguous(memory_format=torch.channels_last)) for b in batches])
+    return torch.softmax(z.float(), 1)[:, 1].numpy()
+
+
+def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str, Any]:
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    from weldray.models import build_classifier
+    from weldray.training.data import Augment, class_weights, split_rows
+    from weldray.training.loop import phase_size, step_context, train_epoch, validate
+
+    t0 = time.perf_counter()
+    tc = asdict(cfg.training)
+    torch.manual_seed(cfg.seed + fold)
+    rng = np.random.default_rng(cfg.seed + fold)
+    splits = split_rows(manifest, fold)
+    classes = cfg.data.labels
+    y_train = splits.train["label_index"].to_numpy()
+    y_val = splits.val["label_index"].to_numpy()
+    y_test = splits.test["label_index"].to_numpy()
+    decode = int(round(max(tc["image_sizes"]) * 1.15 / 8) * 8) if tc["augment"] else None
+    eval_size = cfg.model.image_size
+    x_val = cache.get(splits.val["path"].tolist(), eval_size)
+    x_test = cache.get(splits.test["path"].tolist(), eval_size)
+
+    model = build_classifier(cfg.model, len(classes), classes=classes).to(memory_format=torch.channels_last)
+    steps = max(1, len(y_train) // tc["batch_size"])
+    ctx = step_context(
+        model,
+        tc,
+        steps_per_epoch=steps,
+        num_classes=len(classes),
+        class_weights=class_weights(y_train, len(classes)),
+        device=torch.device("cpu"),
+    )
+    best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
+    for epoch in range(tc["epochs"]):
+        size = phase_size(epoch, tc["epochs"], tc["image_sizes"])
+        x_train = cache.get(splits.train["path"].tolist(), decode or size)
+        train_epoch(model, _batches(x_train, y_train, tc["batch_size"], Augment(size, tc["augment"]), rng), ctx)
+        m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
+        print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)
+        score = m["val_bal_acc"] - 1e-3 * m["val_loss"]
+        if score > best_score:
+            best_score, best_epoch, bad = score, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in ctx.eval_model(model).state_dict().items()}
+        else:
+            bad += 1
+        if tc["early_stopping_patience"] > 0 and bad >= tc["early_stopping_patience"]:
+            break
+    last = _scores(ctx.eval_model(model), x_test)
+    model.load_state_dict(best_state)
+    best = _scores(model, x_test)
+    return {
+        "fold": fold,
+        "n_train": len(y_train),
+        "n_test": len(y_test),
+        "best_epoch": best_epoch,
+        "epochs_run": epoch + 1,
+        "balanced_accuracy": float(balanced_accuracy_score(y_test, best > 0.5)),
+        "roc_auc": float(roc_auc_score(y_test, best)),
+        "last_epoch_balanced_accuracy": float(balanced_accuracy_score(y_test, last > 0.5)),
+        "wall_s": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _results(out: Path) -> dict[str, Any]:
+    return json.loads(out.read_text()) if out.exists() else {}
+
+
+def _record(out: Path, name: str, overrides: list[str], row: dict[str, Any]) -> None:
+    """Add one fold's row under a file lock, so several ablation processes (one per core) can
+    share one results file."""
+    import fcntl
+
+    with open(out.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = _results(out)
+        entry = results.setdefault(name, {"overrides": overrides, "folds": {}})
+        entry["folds"][str(row["fold"])] = row
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out)
+
+
+def main() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from weldray.config import load_config
+    from weldray.data import load_manifest, resolve_dataset
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("data")
+    ap.add_argument("--folds", default="0,1,2,3,4")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
+    ap.add_argument("--out", default=None, help="JSON results file (default outputs/ablation/<profile>.json)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("overrides", nargs="*", help="applied to every recipe, before the recipe's own")
+    args = ap.parse_intermixed_args()
+    torch.set_num_threads(args.threads)
+    folds = [int(f) for f in args.folds.split(",")]
+    base = load_config([*args.overrides, f"data.root={args.data}"])
+    out = Path(args.out or Path(base.output_dir) / "ablation" / f"{base.profile}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(resolve_dataset(base))
+    cache = ImageCache(manifest["path"].tolist())
+
+    for name in args.recipes.split(","):
+        if name not in RECIPES:
+            raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        overrides = [*args.overrides, *RECIPES[name]]
+        cfg = load_config([*overrides, f"data.root={args.data}"])
+        for k in folds:
+            if str(k) in _results(out).get(name, {}).get("folds", {}):
+                continue
+            print(f"[ablation] {name} fold {k}", flush=True)
+            r = run_fold(cfg, manifest, k, cache)
+            print(f"  balanced accuracy {r['balanced_accuracy']:.3f} (best epoch {r['best_epoch']}) {r['wall_s']}s")
+            _record(out, name, overrides, r)
+
+    results = _results(out)
+    table = Table(title=f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile)")
+    for col in ("recipe", "folds", "bal. acc mean ± std", "ROC-AUC", "last-epoch bal. acc", "min/fold"):
+        table.add_column(col, justify="left" if col == "recipe" else "right")
+    for name, entry in results.items():
+        rows = [entry["folds"][str(k)] for k in folds if str(k) in entry["folds"]]
+        if not rows:
+            continue
+        bal = np.array([r["balanced_accuracy"] for r in rows])
+        table.add_row(
+            name,
+            str(len(rows)),
+            f"{bal.mean():.3f} ± {bal.std(ddof=1) if len(bal) > 1 else 0:.3f}",
+            f"{np.mean([r['roc_auc'] for r in rows]):.3f}",
+            f"{np.mean([r['last_epoch_balanced_accuracy'] for r in rows]):.3f}",
+            f"{np.mean([r['wall_s'] for r in rows]) / 60:.1f}",
+        )
+    Console().print(table)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
