@@ -4,8 +4,9 @@ Each recipe is a set of config overrides on top of the profile (default ``cpu``)
 the model trains with the library's own pieces (``weldray.training.loop.step_context`` /
 ``train_epoch`` / ``validate``, ``weldray.training.data.Augment`` and ``split_rows``), exactly as
 the Ray Train loop does, but on photos decoded once and kept in memory, so a 5-fold run of one
-recipe costs minutes instead of Ray start-up and re-decoding per fold. The best epoch is chosen on
-the validation rows (as ``weldray train`` does) and scored on the held-out fold.
+recipe costs minutes instead of Ray start-up and re-decoding per fold. Both the best validation
+epoch and the final weights are scored on the held-out fold; the table shows the ones
+``weldray train`` keeps (final weights, or the best epoch with early stopping).
 
     .venv/bin/python benchmarks/ablation.py DATA [--folds 0,1,2,3,4] [--recipes default,no_mixup] \
         [--out outputs/ablation/NAME.json] [key=value ...]
@@ -54,6 +55,8 @@ RECIPES: dict[str, list[str]] = {
     "cosface_head": ["model.head=cosface", "model.margin=0.35"],
     "ranger21": ["training.optimizer=ranger21"],
     "size_320": ["training.image_sizes=[256,320]", "model.image_size=320"],
+    # All 8 parameter groups of efficientnet_lite0 frozen: a probe of the ImageNet features alone.
+    "frozen_backbone": ["model.freeze_stages=8"],
 }
 
 
@@ -147,20 +150,34 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
             bad += 1
         if tc["early_stopping_patience"] > 0 and bad >= tc["early_stopping_patience"]:
             break
-    last = _scores(ctx.eval_model(model), x_test)
+    final = _scores(ctx.eval_model(model), x_test)
     model.load_state_dict(best_state)
-    best = _scores(model, x_test)
+    selected = _scores(model, x_test)
     return {
         "fold": fold,
         "n_train": len(y_train),
         "n_test": len(y_test),
-        "best_epoch": best_epoch,
+        "val_selected_epoch": best_epoch,
         "epochs_run": epoch + 1,
-        "balanced_accuracy": float(balanced_accuracy_score(y_test, best > 0.5)),
-        "roc_auc": float(roc_auc_score(y_test, best)),
-        "last_epoch_balanced_accuracy": float(balanced_accuracy_score(y_test, last > 0.5)),
+        "final_balanced_accuracy": float(balanced_accuracy_score(y_test, final > 0.5)),
+        "final_roc_auc": float(roc_auc_score(y_test, final)),
+        "val_selected_balanced_accuracy": float(balanced_accuracy_score(y_test, selected > 0.5)),
+        "val_selected_roc_auc": float(roc_auc_score(y_test, selected)),
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def _kept(row: dict[str, Any], early_stopping: bool) -> tuple[float, float | None]:
+    """(balanced accuracy, ROC-AUC) of the weights ``weldray train`` keeps: the best validation epoch
+    with early stopping, else the final ones. Reads rows of the first harness version too (keys
+    ``balanced_accuracy``/``roc_auc`` for the val-selected epoch, ``last_epoch_balanced_accuracy``)."""
+    if "final_balanced_accuracy" in row:
+        key = "val_selected" if early_stopping else "final"
+        return row[f"{key}_balanced_accuracy"], row[f"{key}_roc_auc"]
+    if early_stopping:
+        return row["balanced_accuracy"], row["roc_auc"]
+    final_is_selected = row["best_epoch"] == row["epochs_run"] - 1
+    return row["last_epoch_balanced_accuracy"], row["roc_auc"] if final_is_selected else None
 
 
 def _results(out: Path) -> dict[str, Any]:
@@ -215,27 +232,36 @@ def main() -> None:
                 continue
             print(f"[ablation] {name} fold {k}", flush=True)
             r = run_fold(cfg, manifest, k, cache)
-            print(f"  balanced accuracy {r['balanced_accuracy']:.3f} (best epoch {r['best_epoch']}) {r['wall_s']}s")
+            print(f"  final weights: balanced accuracy {r['final_balanced_accuracy']:.3f}; best val epoch "
+                  f"{r['val_selected_epoch']}: {r['val_selected_balanced_accuracy']:.3f} ({r['wall_s']}s)")
             _record(out, name, overrides, r)
 
     results = _results(out)
-    table = Table(title=f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile)")
-    for col in ("recipe", "folds", "bal. acc mean ± std", "ROC-AUC", "last-epoch bal. acc", "min/fold"):
+    table = Table(title=f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights)")
+    for col in ("recipe", "folds", "balanced accuracy mean ± std", "vs default, paired", "ROC-AUC", "min/fold"):
         table.add_column(col, justify="left" if col == "recipe" else "right")
+    by_fold: dict[str, dict[str, float]] = {}
     for name, entry in results.items():
         rows = [entry["folds"][str(k)] for k in folds if str(k) in entry["folds"]]
         if not rows:
             continue
-        bal = np.array([r["balanced_accuracy"] for r in rows])
+        es = load_config([*entry["overrides"], f"data.root={args.data}"]).training.early_stopping_patience > 0
+        kept = {str(r["fold"]): _kept(r, es) for r in rows}
+        by_fold[name] = {k: b for k, (b, _) in kept.items()}
+        bal = np.array(list(by_fold[name].values()))
+        aucs = [a for _, a in kept.values() if a is not None]
+        # Paired with the default on the folds both have run (folds differ far more than recipes).
+        common = sorted(set(by_fold[name]) & set(by_fold.get("default", {})))
+        delta = np.mean([by_fold[name][k] - by_fold["default"][k] for k in common]) if common else None
         table.add_row(
             name,
             str(len(rows)),
             f"{bal.mean():.3f} ± {bal.std(ddof=1) if len(bal) > 1 else 0:.3f}",
-            f"{np.mean([r['roc_auc'] for r in rows]):.3f}",
-            f"{np.mean([r['last_epoch_balanced_accuracy'] for r in rows]):.3f}",
+            f"{delta:+.3f} ({len(common)} folds)" if name != "default" and delta is not None else "",
+            f"{np.mean(aucs):.3f}" + ("" if len(aucs) == len(rows) else f" ({len(aucs)} folds)") if aucs else "",
             f"{np.mean([r['wall_s'] for r in rows]) / 60:.1f}",
         )
-    Console().print(table)
+    Console(width=150).print(table)
     print(out)
 
 

@@ -32,7 +32,10 @@ def procedural_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """One private local Ray instance (2 CPUs) for the whole session."""
+    """One private local Ray instance (2 CPUs) for the whole session. With its dashboard, as in
+    production: Ray Train's placement-group cleaner asks the state API whether the controller lives,
+    and without a dashboard of its own that query reaches any other instance on 127.0.0.1:8265,
+    which answers "not alive", and the cleaner removes the running training's placement group."""
     import ray
 
     from weldray.config import RayConfig

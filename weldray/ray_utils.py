@@ -37,7 +37,7 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
     # starves the job itself (a training test ran at 0.1 img/s beside two CPU-bound processes).
     # Here the job is the user's foreground work: same priority as the driver.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(
+    context = ray.init(
         address="local",
         num_cpus=cfg.num_cpus,
         include_dashboard=cfg.include_dashboard,
@@ -45,3 +45,5 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
         **kwargs,
     )
     log.info("started local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+    if context.dashboard_url:
+        log.info("Ray dashboard: http://%s", context.dashboard_url)

@@ -48,6 +48,8 @@ def test_run_directory_layout(trained_run: Path) -> None:
     assert any((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     m = json.loads((trained_run / "metrics.json").read_text())
     assert m["epochs_run"] == 4 and [h["epoch"] for h in m["history"]] == list(range(4))
+    # No early stopping: the run keeps its final (EMA) weights, not a noisy best-validation epoch.
+    assert m["kept"]["epoch"] == 3
     assert m["temperature"] > 0
 
 

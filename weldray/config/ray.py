@@ -14,7 +14,11 @@ class RayConfig:
     address: Optional[str] = None
     # CPUs for a local instance; None -> all cores.
     num_cpus: Optional[int] = None
-    include_dashboard: bool = False
+    # The dashboard also serves the state API that Ray Train's placement-group cleaner polls to see
+    # whether the controller lives. Without one of its own, every run logs a failed query every
+    # 2 s, and the query falls through to any other instance's dashboard on 127.0.0.1:8265, which
+    # answers "not alive": the cleaner then removes the running training's placement group.
+    include_dashboard: bool = True
     dashboard_host: str = "127.0.0.1"
     # Local instances only: token auth off unless asked for (clusters keep Ray's default token mode).
     local_auth_mode: str = "disabled"

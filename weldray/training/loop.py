@@ -235,7 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer, scheduler = step.optimizer, step.scheduler
     inner = model.module if hasattr(model, "module") else model
 
-    start_epoch, best_score, bad_epochs, best_state, best_metrics, resumed_from = 0, -math.inf, 0, None, {}, 0
+    start_epoch, best_score, bad_epochs, kept_state, kept_metrics, resumed_from = 0, -math.inf, 0, None, {}, 0
     history: list[dict[str, Any]] = []
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
@@ -248,7 +248,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step.ema.module.load_state_dict(state["ema"])
         step.step = state.get("step", 0)
         start_epoch, best_score, bad_epochs = state["epoch"] + 1, state["best_score"], state["bad_epochs"]
-        best_state, best_metrics, history = state["best_model"], state["best_metrics"], state["history"]
+        kept_state, kept_metrics, history = state["kept_model"], state["kept_metrics"], state["history"]
         resumed_from = start_epoch
         log.warning("resuming from the checkpoint of epoch %d", state["epoch"])
 
@@ -294,16 +294,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         # Balanced accuracy decides; lower val loss breaks ties (tiny val sets give coarse accuracies).
         score = metrics["val_bal_acc"] - 1e-3 * metrics["val_loss"]
-        if score > best_score:
+        improved = score > best_score
+        if improved:
             best_score, bad_epochs = score, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in step.eval_model(inner).state_dict().items()}
-            best_metrics = dict(metrics)
         else:
             bad_epochs += 1
+        # With early stopping the run keeps its best validation epoch; without, its final (EMA)
+        # weights: on a few dozen validation photos the best epoch mostly picks noise
+        # (benchmarks/ablation.py: 5-fold CV 0.773 best-epoch vs 0.787 final weights).
+        if improved or cfg["early_stopping_patience"] == 0:
+            kept_state = {k: v.detach().cpu().clone() for k, v in step.eval_model(inner).state_dict().items()}
+            kept_metrics = dict(metrics)
         stop = cfg["early_stopping_patience"] > 0 and bad_epochs >= cfg["early_stopping_patience"]
         metrics.update(
-            best_val_bal_acc=best_metrics.get("val_bal_acc", float("nan")),
-            best_epoch=best_metrics.get("epoch", -1),
+            kept_val_bal_acc=kept_metrics.get("val_bal_acc", float("nan")),
+            kept_epoch=kept_metrics.get("epoch", -1),
             early_stopped=stop,
         )
         history.append(dict(metrics))
@@ -334,8 +339,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         "epoch": epoch,
                         "best_score": best_score,
                         "bad_epochs": bad_epochs,
-                        "best_model": best_state,
-                        "best_metrics": best_metrics,
+                        "kept_model": kept_state,
+                        "kept_metrics": kept_metrics,
                         "history": history,
                     },
                     os.path.join(tmp, STATE_FILE),

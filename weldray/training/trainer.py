@@ -133,7 +133,8 @@ def _read_state(checkpoint: Any) -> dict[str, Any]:
 
 def train(cfg: WeldrayConfig) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
-    return the run directory: ``model.pt`` (best epoch, temperature fitted on validation),
+    return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
+    validation epoch with early stopping; temperature fitted on validation),
     ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``."""
     from omegaconf import OmegaConf
 
@@ -167,7 +168,7 @@ def train(cfg: WeldrayConfig) -> Path:
     state = _read_state(result.checkpoint)
 
     model = build_classifier(cfg.model, len(classes), pretrained=False, classes=classes)
-    model.load_state_dict(state["best_model"])
+    model.load_state_dict(state["kept_model"])
     model.eval()
     torch.set_num_threads(os.cpu_count() or 1)
     val_logits = predict_logits(model, splits.val["path"].tolist(), cfg.model.image_size)
@@ -182,7 +183,7 @@ def train(cfg: WeldrayConfig) -> Path:
         temperature=temperature,
         run_id=run_id,
         manifest_sha256=manifest_sha256(manifest_path),
-        metrics={k: v for k, v in state["best_metrics"].items() if isinstance(v, (int, float, str))},
+        metrics={k: v for k, v in state["kept_metrics"].items() if isinstance(v, (int, float, str))},
     )
     save_checkpoint(run_dir / "model.pt", model, meta)
     summary: dict[str, Any] = {
@@ -193,7 +194,7 @@ def train(cfg: WeldrayConfig) -> Path:
         "n_val": len(splits.val),
         "n_test": len(splits.test),
         "temperature": temperature,
-        "best": state["best_metrics"],
+        "kept": state["kept_metrics"],
         "history": state["history"],
         "epochs_run": len(state["history"]),
         "train_wall_s": round(train_time, 1),
