@@ -211,6 +211,7 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     ap.add_argument("--out", default=None, help="JSON results file (default outputs/ablation/<profile>.json)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("overrides", nargs="*", help="applied to every recipe, before the recipe's own")
     args = ap.parse_intermixed_args()
@@ -237,10 +238,13 @@ def main() -> None:
             _record(out, name, overrides, r)
 
     results = _results(out)
-    table = Table(title=f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights)")
-    for col in ("recipe", "folds", "balanced accuracy mean ± std", "vs default, paired", "ROC-AUC", "min/fold"):
+    title = f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights)"
+    columns = ("recipe", "folds", "balanced accuracy mean ± std", "vs default, paired", "ROC-AUC", "min/fold")
+    table = Table(title=title)
+    for col in columns:
         table.add_column(col, justify="left" if col == "recipe" else "right")
     by_fold: dict[str, dict[str, float]] = {}
+    printed: list[tuple[str, ...]] = []
     for name, entry in results.items():
         rows = [entry["folds"][str(k)] for k in folds if str(k) in entry["folds"]]
         if not rows:
@@ -253,7 +257,7 @@ def main() -> None:
         # Paired with the default on the folds both have run (folds differ far more than recipes).
         common = sorted(set(by_fold[name]) & set(by_fold.get("default", {})))
         delta = np.mean([by_fold[name][k] - by_fold["default"][k] for k in common]) if common else None
-        table.add_row(
+        cells = (
             name,
             str(len(rows)),
             f"{bal.mean():.3f} ± {bal.std(ddof=1) if len(bal) > 1 else 0:.3f}",
@@ -261,7 +265,14 @@ def main() -> None:
             f"{np.mean(aucs):.3f}" + ("" if len(aucs) == len(rows) else f" ({len(aucs)} folds)") if aucs else "",
             f"{np.mean([r['wall_s'] for r in rows]) / 60:.1f}",
         )
-    Console(width=150).print(table)
+        printed.append(cells)
+        table.add_row(*cells)
+    if args.markdown:
+        print(f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}")
+        for row in printed:
+            print(f"| {' | '.join(row)} |")
+    else:
+        Console(width=150).print(table)
     print(out)
 
 
