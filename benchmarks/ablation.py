@@ -109,7 +109,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
 
     from weldray.models import build_classifier
     from weldray.training.data import Augment, class_weights, split_rows
-    from weldray.training.loop import phase_size, step_context, train_epoch, validate
+    from weldray.training.loop import phase_size, selection_score, step_context, train_epoch, validate
 
     t0 = time.perf_counter()
     tc = asdict(cfg.training)
@@ -142,7 +142,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
         train_epoch(model, _batches(x_train, y_train, tc["batch_size"], Augment(size, tc["augment"]), rng), ctx)
         m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
         print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)
-        score = m["val_bal_acc"] - 1e-3 * m["val_loss"]
+        score = selection_score(m)
         if score > best_score:
             best_score, best_epoch, bad = score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in ctx.eval_model(model).state_dict().items()}

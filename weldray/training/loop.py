@@ -116,6 +116,12 @@ def validate(model: torch.nn.Module, batches: Iterable[dict[str, torch.Tensor]])
     }
 
 
+def selection_score(metrics: dict[str, float]) -> float:
+    """Epoch ranking for early stopping: balanced accuracy decides, lower validation loss breaks
+    ties (tiny validation sets give coarse accuracies)."""
+    return metrics["val_bal_acc"] - 1e-3 * metrics["val_loss"]
+
+
 @dataclass
 class StepContext:
     """What one optimisation step needs besides the batch: shared by the Ray Train loop and the
@@ -292,8 +298,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "resumed_from": resumed_from,
             **validate(step.eval_model(model), val_shard.iter_torch_batches(batch_size=64, device=device)),
         }
-        # Balanced accuracy decides; lower val loss breaks ties (tiny val sets give coarse accuracies).
-        score = metrics["val_bal_acc"] - 1e-3 * metrics["val_loss"]
+        score = selection_score(metrics)
         improved = score > best_score
         if improved:
             best_score, bad_epochs = score, 0
