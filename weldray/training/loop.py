@@ -1,7 +1,7 @@
 """The per-worker training loop run by Ray Train's TorchTrainer.
 
 Everything the loop needs arrives in ``config`` (plain, picklable values). Rank 0 writes the
-checkpoint (latest state + best weights) every epoch through ``ray.train.report``; on restart
+checkpoint (latest state + the weights the run keeps) every epoch through ``ray.train.report``; on restart
 (worker failure, or the same run name again) the loop resumes from ``ray.train.get_checkpoint()``.
 """
 
@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.utils import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,7 @@ def soft_cross_entropy(
 
 
 def _build_optimizer(model: torch.nn.Module, cfg: dict[str, Any], total_steps: int) -> torch.optim.Optimizer:
-    inner = model.module if hasattr(model, "module") else model
-    back, new = inner.param_groups()
+    back, new = unwrap_model(model).param_groups()
     groups = [
         {"params": back, "lr": cfg["lr"] * cfg["backbone_lr_mult"], "name": "backbone"},
         {"params": new, "lr": cfg["lr"], "name": "head"},
@@ -169,7 +169,7 @@ def train_epoch(
         ctx.scheduler.step()
         ctx.step += 1
         if ctx.ema is not None:
-            ctx.ema.update(model.module if hasattr(model, "module") else model, step=ctx.step)
+            ctx.ema.update(unwrap_model(model), step=ctx.step)
         steps += 1
         seen += x.shape[0]
         loss_sum += float(loss.detach())
@@ -194,7 +194,7 @@ def step_context(
         from timm.utils import ModelEmaV3
 
         # Warmup: the average follows the weights closely early on, so short runs still gain.
-        ema = ModelEmaV3(model.module if hasattr(model, "module") else model, decay=cfg["ema_decay"], use_warmup=True)
+        ema = ModelEmaV3(unwrap_model(model), decay=cfg["ema_decay"], use_warmup=True)
     return StepContext(
         optimizer=optimizer,
         scheduler=_build_scheduler(optimizer, steps_per_epoch, cfg),
@@ -239,7 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         device=device,
     )
     optimizer, scheduler = step.optimizer, step.scheduler
-    inner = model.module if hasattr(model, "module") else model
+    inner = unwrap_model(model)
 
     start_epoch, best_score, bad_epochs, kept_state, kept_metrics, resumed_from = 0, -math.inf, 0, None, {}, 0
     history: list[dict[str, Any]] = []
