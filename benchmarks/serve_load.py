@@ -1,7 +1,7 @@
 """HTTP load against a local Ray Serve app vs in-process ONNX Runtime on the same model.
 
-    .venv/bin/python benchmarks/serve_load.py [--model models/onnx/weld_classifier.onnx] [--requests 64]
-        [--rounds 3] [serve.key=value ...]
+    .venv/bin/python benchmarks/serve_load.py [--model models/onnx/weld_classifier.onnx] [--requests 256]
+        [--rounds 3] [serve.key=value ...]          (serve.ingress=proxy: Serve's Python proxy instead of HAProxy)
 
 Without --model, a random-weight efficientnet_lite0@224 is exported to a temp folder. Requests are
 real weld photos (JPEG 640x640) when available. Reports p50/p95/p99 and throughput at concurrency
@@ -109,7 +109,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model")
-    parser.add_argument("--requests", type=int, default=64, help="requests per level and round")
+    parser.add_argument("--requests", type=int, default=256, help="requests per level and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("overrides", nargs="*", help="serve.* overrides for the Serve app")
@@ -136,7 +136,7 @@ def main() -> None:
         cfg = load_config(
             [f"serve.intra_op_threads={args.threads}", "serve.max_replicas=1", *args.overrides]
         ).serve
-        init_ray(RayConfig(num_cpus=2))
+        init_ray(RayConfig(num_cpus=2), serve=cfg)
         single: list[np.ndarray] = []
         batched: list[float] = []
         http: dict[int, list[tuple[np.ndarray, float, int]]] = {c: [] for c in levels}
@@ -155,7 +155,8 @@ def main() -> None:
             serve.shutdown()
             ray.shutdown()
     table = Table(
-        title=f"HTTP /predict vs in-process ORT ({args.threads} threads, {args.requests} requests per level, "
+        title=f"HTTP /predict ({cfg.ingress} ingress) vs in-process ORT ({args.threads} threads, "
+        f"{args.requests} requests per level, "
         f"{args.rounds} rounds, load avg {min(loads):.1f}-{max(loads):.1f})"
     )
     for col in ("setup", "p50 ms", "p95 ms", "p99 ms", "req/s", "errors", "vs in-process (median / best round)"):

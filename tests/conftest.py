@@ -38,10 +38,10 @@ def ray_local() -> Iterator[None]:
     which answers "not alive", and the cleaner removes the running training's placement group."""
     import ray
 
-    from weldray.config import RayConfig
+    from weldray.config import RayConfig, ServeConfig
     from weldray.ray_utils import init_ray
 
-    init_ray(RayConfig(num_cpus=2))
+    init_ray(RayConfig(num_cpus=2), serve=ServeConfig())
     yield
     ray.shutdown()
 

@@ -1,4 +1,4 @@
-"""init_ray: a private local instance whose workers are not niced below the driver."""
+"""init_ray: a private local instance whose workers are not niced below the driver; Serve's environment."""
 
 from __future__ import annotations
 
@@ -18,3 +18,16 @@ def test_local_workers_run_at_the_drivers_priority(ray_local: None) -> None:
 
     expected = int(os.environ.get("RAY_worker_niceness", os.nice(0)))  # noqa: SIM112 (Ray's own name)
     assert ray.get(niceness.remote()) == expected
+
+
+def test_serve_environment_per_ingress() -> None:
+    from weldray.config import ServeConfig
+    from weldray.ray_utils import serve_environment
+
+    haproxy = serve_environment(ServeConfig(drain_period_s=1.5))
+    assert haproxy["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+    assert haproxy["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] == "1.5"
+    ports = [haproxy[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
+                                  "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")]
+    assert len(set(ports)) == 3 and "8404" not in ports  # free ports, not Ray's fixed defaults
+    assert serve_environment(ServeConfig(ingress="proxy")) == {"RAY_SERVE_ENABLE_HA_PROXY": "0"}

@@ -4,20 +4,47 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
-from weldray.config import RayConfig
+from weldray.config import RayConfig, ServeConfig
 
 log = logging.getLogger(__name__)
 
 
-def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def serve_environment(cfg: ServeConfig) -> dict[str, str]:
+    """Environment that Ray Serve's controller and replicas read when they start, for ``serve.ingress``.
+
+    haproxy: Ray's HAProxy ingress, which implies direct ingress (each ingress replica runs its own
+    HTTP server and HAProxy forwards to it). HAProxy's stats and Prometheus listeners and Serve's
+    fallback proxy get free ports instead of the fixed 8404 / 9101 / 8500, so that several local
+    instances can run side by side. Variables already set in the environment win.
+    """
+    if cfg.ingress == "proxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "0"}
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.drain_period_s),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+        "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+    }
+
+
+def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig | None = None) -> None:
     """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS`` (as under ``ray job submit``),
     else start a private local instance.
 
     A local instance is started with ``address="local"`` so that a ``ray start`` cluster
     elsewhere on the machine is never joined by accident. Token auth (Ray 2.60 default) is
     switched off for local instances only, per ``ray.local_auth_mode``, and their workers run at
-    the driver's priority (``$RAY_worker_niceness`` overrides).
+    the driver's priority (``$RAY_worker_niceness`` overrides). With ``serve``, a local instance
+    gets :func:`serve_environment`; a cluster's Serve ingress is whatever its nodes were started with.
     """
     import ray
 
@@ -29,8 +56,14 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None) -> None:
         kwargs["namespace"] = "weldray"
     if address:
         log.info("joining Ray cluster at %s", address)
+        if serve is not None:
+            log.info("Serve ingress is the cluster's own (serve.ingress=%s applies to local instances)", serve.ingress)
         ray.init(address=address, **kwargs)
         return
+    if serve is not None:
+        for key, value in serve_environment(serve).items():
+            os.environ.setdefault(key, value)
+        log.info("Serve ingress: %s", "haproxy" if os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" else "proxy")
     if cfg.local_auth_mode == "disabled":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     # Ray runs its workers at nice 15, so on a private local instance any other busy process

@@ -206,3 +206,13 @@ def test_rayservice_serves_an_importable_app_with_autoscaling() -> None:
         p["containerPort"] for p in spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
     }
     assert 8000 in head_ports
+    # serve.ingress=haproxy (the default) on every pod: Serve reads it from the node's environment.
+    from weldray.config import ServeConfig
+    from weldray.ray_utils import serve_environment
+
+    wanted = serve_environment(ServeConfig())["RAY_SERVE_ENABLE_HA_PROXY"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert env.get("RAY_SERVE_ENABLE_HA_PROXY") == wanted, container["name"]

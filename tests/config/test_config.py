@@ -50,6 +50,7 @@ def test_interpolation_follows_output_dir() -> None:
         ("data.val_fraction=1.5", "data.val_fraction"),
         ("data.hash_method=md5", "data.hash_method"),
         ("serve.port=70000", "serve.port"),
+        ("serve.ingress=nginx", "serve.ingress"),
         ("text_removal.detector=tesseract", "text_removal.detector"),
         ("export.format=tflite", "export.format"),
         ("training.image_sizes=[100]", "training.image_sizes"),

