@@ -156,12 +156,9 @@ class WeldService:
     def _decode_and_classify(self, uploads: list[bytes | np.ndarray]) -> list[dict[str, Any] | ImageError]:
         encoded = [i for i, u in enumerate(uploads) if isinstance(u, bytes)]
         decoded: list[np.ndarray | ImageError] = list(uploads)
-        if len(encoded) == 1:
-            decoded[encoded[0]] = self._prepare_or_error(uploads[encoded[0]])
-        elif encoded:
-            for i, image in zip(encoded, self._decode_pool.map(self._prepare_or_error, [uploads[i] for i in encoded]),
-                                strict=True):
-                decoded[i] = image
+        decode = map if len(encoded) == 1 else self._decode_pool.map  # one image: no second thread handoff
+        for i, image in zip(encoded, decode(self._prepare_or_error, [uploads[i] for i in encoded]), strict=True):
+            decoded[i] = image
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
         results: list[dict[str, Any] | ImageError] = list(decoded)  # errors stay in place
         if ok:
