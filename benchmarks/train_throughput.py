@@ -65,6 +65,7 @@ def main() -> None:
     from weldray.config import load_config
     from weldray.models import build_classifier
     from weldray.ray_utils import init_ray
+    from weldray.training.trainer import WORKER_RUNTIME_ENV
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
@@ -106,6 +107,7 @@ def main() -> None:
                 run_config=RunConfig(
                     storage_path=os.path.abspath(cfg.ray.storage_path),
                     name=f"bench-{workers}w-{time.time():.0f}",
+                    worker_runtime_env=WORKER_RUNTIME_ENV,  # as weldray.training.trainer.fit runs it
                 ),
             )
             m = trainer.fit().return_value
