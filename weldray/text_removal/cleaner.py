@@ -137,6 +137,13 @@ def _box_map(detections: list[Detection], shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _continues_a_line(d: Detection, lines: list[Detection], cfg: TextRemovalConfig) -> bool:
+    """Whether ``d`` lies on one of ``lines``, within ``bridge_gap`` (at least 1) line heights of its end
+    (:func:`bridge_lines`)."""
+    probe = replace(d, kept=True)
+    return any(bridge_lines([line, probe], max(cfg.bridge_gap, 1.0)) for line in lines)
+
+
 def _keep_first_judgement(
     found: list[Detection], mask: np.ndarray, rejected0: np.ndarray, removed: list[Detection], cfg: TextRemovalConfig
 ) -> None:
@@ -160,9 +167,7 @@ def _keep_first_judgement(
             continue
         if (own & (rejected0 > 0)).sum() >= area:
             d.kept, d.reason = False, f"{ALREADY_JUDGED}: rejected there on pass 0"
-        elif sum(ch.isalnum() for ch in d.text) <= cfg.short_text_chars and not any(
-            bridge_lines([r, d], max(cfg.bridge_gap, 1.0)) for r in removed
-        ):
+        elif sum(ch.isalnum() for ch in d.text) <= cfg.short_text_chars and not _continues_a_line(d, removed, cfg):
             d.kept, d.reason = False, f"{ALREADY_JUDGED}: a lone letter outside the inpainted area"
 
 
@@ -172,16 +177,15 @@ def _admit_line_continuations(
     """Keep a short read that failed only ``min_short_text_score`` when it continues a kept text line.
 
     The short-text rule is there for lone blobs (a hole read "0", pores "8"). A letter or two on the axis of
-    a kept line, at its height and within ``bridge_gap`` line heights of its end (:func:`bridge_lines`), is
-    the rest of that text: a tiled watermark cut by the image border ("E" of "SAMPLE" at 0.84, "h" of
-    "@weld_bench" at 0.76), a letter split off a word. It still needs ``min_text_score`` and every other filter.
+    a kept line, at its height and near its end (:func:`_continues_a_line`), is the rest of that text: a
+    tiled watermark cut by the image border ("E" of "SAMPLE" at 0.84), a letter split off a word. Every other
+    filter still applies: the candidate is re-judged with only that threshold lifted.
     """
     relaxed = replace(cfg, min_short_text_score=0.0)
     for d in found:
-        if d.kept or not d.reason.startswith("short text"):
+        if d.kept or not filter_detections([replace(d)], shape, relaxed)[0].kept:
             continue
-        (probe,) = filter_detections([replace(d)], shape, relaxed)
-        if probe.kept and any(bridge_lines([line, probe], max(cfg.bridge_gap, 1.0)) for line in lines):
+        if _continues_a_line(d, lines, cfg):
             d.kept, d.reason = True, CONTINUES_LINE
 
 
