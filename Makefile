@@ -9,13 +9,14 @@ PYTEST_ARGS ?=
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint bench help
+.PHONY: install run test test-slow test-all lint bench textseg-weights help
 
 help:
 	@echo "make run [DATA=path|s3://...] [ARGS='key=value ...']  the pipeline, locally on Ray"
 	@echo "make test                                            default test suite (< 20 min on 2 cores)"
 	@echo "make test-slow                                       slow tests (minutes each)"
 	@echo "make bench                                           benchmarks (print tables)"
+	@echo "make textseg-weights                                 retrain the shipped text segmenter (~25 min)"
 	@echo "make cluster-up / cluster-status / cluster-down      local two-node Ray cluster (token auth)"
 	@echo "make submit [DATA=...] [ARGS='key=value ...']        the pipeline as a Ray job on that cluster"
 	@echo "make cluster-test                                    cluster configs + real two-node cluster tests"
@@ -43,6 +44,10 @@ test-all: install
 
 lint: install
 	$(BIN)/ruff check weldray jobs tests benchmarks
+
+# The text segmenter's shipped weights (procedural renders only; README "Text segmenter").
+textseg-weights: install
+	$(BIN)/weldray train-segmenter weldray/text_removal/weights/textseg.pt $(ARGS)
 
 # Every benchmark in turn; each prints a table (run on a quiet machine: they measure wall time).
 bench: clean-text-bench train-bench bench-inference bench-serve

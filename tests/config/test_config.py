@@ -52,6 +52,8 @@ def test_interpolation_follows_output_dir() -> None:
         ("serve.port=70000", "serve.port"),
         ("serve.ingress=nginx", "serve.ingress"),
         ("text_removal.detector=tesseract", "text_removal.detector"),
+        ("text_removal.segmenter=craft", "text_removal.segmenter"),
+        ("text_removal.segmenter_threshold=1.5", "text_removal.segmenter_threshold"),
         ("export.format=tflite", "export.format"),
         ("training.image_sizes=[100]", "training.image_sizes"),
     ],

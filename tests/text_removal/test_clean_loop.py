@@ -42,6 +42,7 @@ def image():
 
 
 def _cleaner(tr_cfg, script, **cfg):
+    cfg.setdefault("segmenter", "none")  # the loop's rules, not the segmenter's view of random pixels
     det = ScriptedDetector(script)
     return TextCleaner(dataclasses.replace(tr_cfg, **cfg), detector=det, inpainter=OpenCVInpainter()), det
 

@@ -114,3 +114,22 @@ def test_real_photos_text_found_and_removed(ray_local, real_welds_dir: Path, tmp
     assert rec.loc["bad_welds/bad_0021.jpg", "mask_fraction"] == 0
     assert (rec.residual_detections == 0).all()
     assert report.contact_sheet_path and Path(report.contact_sheet_path).stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("dropped", [None, "n_segmented"])
+def test_records_of_an_older_cleaner_are_not_resumed(tmp_path: Path, dropped: str | None):
+    """Resume trusts records with today's columns only: one written before a column existed (an older
+    cleaner, e.g. before the text segmenter) re-cleans everything instead of failing or mixing versions."""
+    from weldray.text_removal.pipeline import META_DIR, RECORD_COLUMNS, _empty_record, load_done
+
+    out = tmp_path / "out"
+    (out / META_DIR).mkdir(parents=True)
+    (out / "good_welds").mkdir()
+    (out / "good_welds" / "a.jpg").write_bytes(b"x")
+    rec = _empty_record("good_welds/a.jpg", "in/good_welds/a.jpg", "abc")
+    rec.update(status="ok", output=str(out / "good_welds" / "a.jpg"))
+    frame = pd.DataFrame([rec])[RECORD_COLUMNS]
+    frame.drop(columns=[dropped] if dropped else []).to_parquet(out / META_DIR / "records.parquet")
+    prev, done = load_done(str(out), None)
+    assert done == ({} if dropped else {"good_welds/a.jpg": "abc"})
+    assert (prev is None) == bool(dropped)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -18,16 +20,17 @@ def test_procedural_metrics_smoke(tr_cfg):
 
 @pytest.mark.slow
 def test_procedural_metrics_40_pairs(tr_cfg):
-    """Guard at the level reached (README, 40 pairs at 640 px, the real photos' size, seed 0): glyph recall 0.973
-    overall, >= 0.99 on printed text and titles; nothing inpainted on text-free welds, bead untouched. The 0.98
-    overall goal is NOT met: faint watermarks (one dark on a dark plate, invisible even contrast-stretched)
-    are never detected."""
+    """The issue's figures (README, 40 pairs at 640 px, the real photos' size, seed 0, never a segmenter training
+    seed): glyph recall >= 0.98 with the text segmenter (0.983 measured), >= 0.99 on printed text and titles;
+    nothing inpainted on text-free welds, bead untouched; without the segmenter the OCR alone stays below."""
     m = evaluate_procedural(TextCleaner(tr_cfg), 40, size=640, seed=0)
     assert m.text_free_area_max <= 0.01 and m.text_free_false_images == 0
     assert m.bead_change_mean < 0.5
-    assert m.recall_by_kind["printed"] >= 0.98 and m.recall_by_kind["title"] >= 0.98
-    assert m.text_recall >= 0.965
+    assert m.recall_by_kind["printed"] >= 0.99 and m.recall_by_kind["title"] >= 0.99
+    assert m.text_recall >= 0.98
     assert m.overlay_recall < m.text_recall  # banners/marker strokes are not text and are not chased
+    ocr = evaluate_procedural(TextCleaner(dataclasses.replace(tr_cfg, segmenter="none")), 40, size=640, seed=0)
+    assert ocr.text_recall < m.text_recall
 
 
 def test_bead_mask_is_the_metal_band():

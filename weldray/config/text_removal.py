@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from weldray.config._base import ConfigError, check_choice, check_fraction, check_positive
 
 DETECTORS = ("rapidocr", "easyocr")
+SEGMENTERS = ("textseg", "none")
 INPAINTERS = ("opencv", "lama")
 OPENCV_METHODS = ("telea", "ns")
 DEVICES = ("auto", "cpu", "cuda")
@@ -53,6 +54,18 @@ class TextRemovalConfig:
     # how far each found region is grown into its box (larger boxes reach the ends of letters).
     det_thresh: float = 0.3
     det_unclip_ratio: float = 1.6
+    # Text segmenter beside the OCR detector (faint watermarks PP-OCR misses; see weldray.text_removal.segmenter):
+    # textseg (weights shipped in the package, or segmenter_model_path) | none. A region is text when its peak
+    # glyph probability reaches segmenter_threshold (grown down to half of it), it covers at least
+    # segmenter_min_area of the image and it lies within segmenter_reach_px (pixels at 640 px, scaled like
+    # dilation_px) of text the OCR detector kept: it completes found text (faint watermark tiles and letters) and
+    # never opens an image alone, because on real beads its false alarms are too frequent for that (README).
+    # segmenter_reach_px null: anywhere.
+    segmenter: str = "textseg"
+    segmenter_model_path: str | None = None
+    segmenter_threshold: float = 0.7
+    segmenter_min_area: float = 0.001
+    segmenter_reach_px: int | None = 50
     # Join kept boxes that continue one text line across a gap (a watermark crossing the bright bead is
     # found as two pieces): same direction and height, gap at most this many line heights; 0 = off.
     bridge_gap: float = 3.0
@@ -81,6 +94,11 @@ class TextRemovalConfig:
     def __post_init__(self) -> None:
         check_choice("text_removal.detector", self.detector, DETECTORS)
         check_choice("text_removal.inpainter", self.inpainter, INPAINTERS)
+        check_choice("text_removal.segmenter", self.segmenter, SEGMENTERS)
+        check_fraction("text_removal.segmenter_threshold", self.segmenter_threshold, inclusive_high=True)
+        check_fraction("text_removal.segmenter_min_area", self.segmenter_min_area)
+        if self.segmenter_reach_px is not None:
+            check_positive("text_removal.segmenter_reach_px", self.segmenter_reach_px, allow_zero=True)
         check_choice("text_removal.opencv_method", self.opencv_method, OPENCV_METHODS)
         check_choice("text_removal.device", self.device, DEVICES)
         check_positive("text_removal.dilation_px", self.dilation_px, allow_zero=True)

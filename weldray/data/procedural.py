@@ -70,6 +70,7 @@ __all__ = [
     "SpecMismatchError",
     "WeldSample",
     "generate_dataset",
+    "overlay_text",
     "render_weld",
 ]
 
@@ -784,20 +785,24 @@ _TEXT_RENDERERS = {"watermark": _watermark, "title": _title, "printed": _printed
 _TEXT_PROBS = {"printed": 0.55, "handwritten": 0.35, "watermark": 0.3, "title": 0.3}
 
 
-def _overlay_text(
+def overlay_text(
     rng: np.random.Generator, img: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    """Composite 1-4 overlay kinds (watermark under titles under printed under handwritten).
+    """Composite 1-4 overlay kinds (watermark under titles under printed under handwritten) onto a square
+    8-bit RGB image: any background, so a text segmenter can also learn real plates as "not text".
 
-    Returns the image, the glyph coverage (bool; not yet restricted to changed pixels), kinds and texts."""
+    Returns the image, the glyph mask (bool, changed pixels only, the ``text_mask`` rules), kinds and texts."""
+    if img.ndim != 3 or img.shape[0] != img.shape[1] or img.shape[2] != 3:
+        raise ValueError(f"overlay_text needs a square HxWx3 image, got shape {img.shape}")
     kinds = [k for k in TEXT_KINDS if rng.random() < _TEXT_PROBS[k]] or [TEXT_KINDS[rng.integers(4)]]
     texts: list[str] = []
     taken: list[_Box] = []  # boxes of drawn text, so items rarely overlap
     glyphs = np.zeros(img.shape[:2], bool)
+    out = img
     for k in ("watermark", "title", "printed", "handwritten"):
         if k in kinds:
-            img = _TEXT_RENDERERS[k](rng, img, texts, taken, glyphs)
-    return img, glyphs, kinds, texts
+            out = _TEXT_RENDERERS[k](rng, out, texts, taken, glyphs)
+    return out, glyphs & (out != img).any(axis=-1), [k for k in TEXT_KINDS if k in kinds], texts
 
 
 # --------------------------------------------------------------------------------------- public API
@@ -820,14 +825,11 @@ def _render(
     image = _photo(base, scene, size)
     kinds: list[str] = []
     texts: list[str] = []
-    text_img, glyphs = image, None
+    text_img, glyphs = image, np.zeros(image.shape[:2], bool)
     if with_text:
-        text_img, glyphs, kinds, texts = _overlay_text(trng, image)
+        text_img, glyphs, kinds, texts = overlay_text(trng, image)
     overlay = (text_img != image).any(axis=-1)
-    glyphs = overlay & glyphs if glyphs is not None else overlay
-    sample = WeldSample(
-        text_img, glyphs, label, defects, [k for k in TEXT_KINDS if k in kinds], texts, overlay_mask=overlay
-    )
+    sample = WeldSample(text_img, glyphs, label, defects, kinds, texts, overlay_mask=overlay)
     return sample, zone
 
 

@@ -8,7 +8,9 @@ Public API::
     report = clean_dataset("data/welds", "data/welds_clean", cfg)   # the Ray Data job
 
 Detectors (``rapidocr``, ``easyocr``) and inpainters (``opencv``, ``lama``) live in small
-registries; add one with :func:`register_detector` / :func:`register_inpainter`.
+registries; add one with :func:`register_detector` / :func:`register_inpainter`. The text segmenter
+(:class:`TextSegmenter`, ``text_removal.segmenter``) completes what the detector found with the faint
+parts it missed; ``weldray train-segmenter`` retrains its weights.
 """
 
 from weldray.text_removal.cleaner import CleanResult, TextCleaner, text_mask
@@ -23,6 +25,7 @@ from weldray.text_removal.detectors import (
 )
 from weldray.text_removal.inpainters import Inpainter, create_inpainter, list_inpainters, register_inpainter
 from weldray.text_removal.pipeline import CleanReport, clean_dataset
+from weldray.text_removal.segmenter import TextSegmenter
 
 __all__ = [
     "CleanReport",
@@ -32,6 +35,7 @@ __all__ = [
     "MissingWeightsError",
     "TextCleaner",
     "TextDetector",
+    "TextSegmenter",
     "clean_dataset",
     "create_detector",
     "create_inpainter",

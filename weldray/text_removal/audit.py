@@ -11,6 +11,7 @@ import pandas as pd
 
 from weldray import io as wio
 from weldray.config import WeldrayConfig
+from weldray.text_removal.detectors import SEGMENTED
 
 if TYPE_CHECKING:
     from weldray.text_removal.pipeline import CleanReport
@@ -25,6 +26,7 @@ def summarize(records: pd.DataFrame, cfg: WeldrayConfig, n_inputs: int) -> dict[
     flips = reencode_flips(ok)
     return {
         "detector": cfg.text_removal.detector,
+        "segmenter": cfg.text_removal.segmenter,
         "inpainter": cfg.text_removal.inpainter,
         "dilation_px": cfg.text_removal.dilation_px,
         "n_inputs": n_inputs,
@@ -33,6 +35,8 @@ def summarize(records: pd.DataFrame, cfg: WeldrayConfig, n_inputs: int) -> dict[
         "n_rejects": int((records["status"] == "reject").sum()),
         "n_with_text": int((ok["n_text_boxes"] > 0).sum()),
         "n_text_boxes": int(ok["n_text_boxes"].sum()),
+        "n_segmented_regions": int(ok["n_segmented"].sum()),
+        "n_with_segmented_text_only": int(((ok["n_text_boxes"] > 0) & (ok["n_segmented"] == ok["n_text_boxes"])).sum()),
         "n_candidates_filtered_out": rejected_candidates,
         "mask_fraction_mean": float(ok["mask_fraction"].mean()) if len(ok) else 0.0,
         "mask_fraction_max": float(ok["mask_fraction"].max()) if len(ok) else 0.0,
@@ -101,11 +105,14 @@ def audit_markdown(records: pd.DataFrame, summary: dict[str, Any]) -> str:
     lines = [
         "# Text removal audit",
         "",
-        f"- detector `{s['detector']}`, inpainter `{s['inpainter']}`, mask dilation {s['dilation_px']} px",
+        f"- detector `{s['detector']}`, segmenter `{s['segmenter']}`, inpainter `{s['inpainter']}`, "
+        f"mask dilation {s['dilation_px']} px",
         f"- inputs {s['n_inputs']}: cleaned {s['n_cleaned']} (resumed from a previous run: {s['n_resumed']}), "
         f"rejected {s['n_rejects']}",
         f"- images with text found: {s['n_with_text']} ({s['n_text_boxes']} boxes; "
-        f"{s['n_candidates_filtered_out']} candidate boxes filtered out as non-text)",
+        f"{s['n_candidates_filtered_out']} candidate boxes filtered out as non-text; {s['n_segmented_regions']} "
+        f"of the boxes are segmented regions without recognised text, the only text found in "
+        f"{s['n_with_segmented_text_only']} images)",
         f"- mask area: mean {s['mask_fraction_mean']:.2%}, max {s['mask_fraction_max']:.2%}",
         f"- residual audit (the last search of each written file, same detector and filters as cleaning): "
         f"{s['n_with_residual_text']} of {s['audited']} images still have text, "
@@ -119,7 +126,7 @@ def audit_markdown(records: pd.DataFrame, summary: dict[str, Any]) -> str:
     if len(residual):
         lines += ["## Images with residual text", "", "| image | residual | texts |", "|---|---|---|"]
         for r in residual.itertuples():
-            texts = [d["text"] for d in json.loads(r.residual)]
+            texts = [d["text"] if d.get("source") != SEGMENTED else f"[{SEGMENTED}]" for d in json.loads(r.residual)]
             lines.append(f"| {r.relpath} | {r.residual_detections} | {', '.join(map(repr, texts))} |")
         lines.append("")
     flips = reencode_flips(records[records["status"] == "ok"])
@@ -166,7 +173,8 @@ def contact_sheet(records: pd.DataFrame, n: int, endpoint_url: str | None = None
         draw = ImageDraw.Draw(pair)
         draw.text((4, 2), f"{r.relpath}  mask {r.mask_fraction:.1%}", fill="black")
         texts = ", ".join(json.loads(r.texts))[:60]
-        draw.text((4, 14), f"boxes {r.n_text_boxes}  residual {r.residual_detections}  {texts}", fill="black")
+        seg = f" ({r.n_segmented} segmented)" if r.n_segmented else ""
+        draw.text((4, 14), f"boxes {r.n_text_boxes}{seg}  residual {r.residual_detections}  {texts}", fill="black")
         tiles.append(pair)
     cols = 2
     rows = (len(tiles) + cols - 1) // cols

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from weldray.config import TextRemovalConfig
-from weldray.text_removal.detectors import Detection, TextDetector, create_detector, filter_detections
+from weldray.text_removal.detectors import (
+    SEGMENTED,
+    Detection,
+    TextDetector,
+    create_detector,
+    filter_detections,
+    new_boxes,
+)
 from weldray.text_removal.inpainters import Inpainter, create_inpainter
+from weldray.text_removal.segmenter import TextSegmenter
 
 #: ``dilation_px`` is given for a 640 px image (the seed's 20-30 px); it scales with the short side so that
 #: a 160 px thumbnail is not wiped by a 25 px halo.
@@ -46,9 +55,10 @@ def bridge_lines(detections: list[Detection], max_gap: float) -> list[np.ndarray
     with the letters in between unfound. Two boxes are joined when the more elongated one is a line
     (length >= ``LINE_ELONGATION`` x thickness), the other lies on it (centre within half a line height of its axis,
     directions within 15 degrees unless the other box is a single, squarish character), their heights
-    agree within 1.8x and the gap between their ends is at most ``max_gap`` line heights.
+    agree within 1.8x and the gap between their ends is at most ``max_gap`` line heights. Segmented regions
+    (``SEGMENTED``) are outlines of letters, not line boxes, and are not bridged.
     """
-    boxes = [np.asarray(d.box, np.float32).reshape(-1, 2) for d in detections if d.kept]
+    boxes = [np.asarray(d.box, np.float32).reshape(-1, 2) for d in detections if d.kept and d.source != SEGMENTED]
     geo = [_line_geometry(b) for b in boxes]
     hulls = []
     for i in range(len(boxes)):
@@ -154,9 +164,9 @@ def _keep_first_judgement(
     "A" at 0.98. So a candidate less than half inside the inpainted area is not inpainted when pass 0
     rejected a candidate covering it, or when it reads as a lone letter or two (``short_text_chars``)
     that does not continue a removed text line (the big "Q" of a logo whose "UANTUM" went on pass 0 does;
-    see :func:`bridge_lines`). Words found there are kept (faint text the first search missed), and
-    candidates inside the inpainted area are judged normally: leftovers of removed text and text revealed
-    under it lie there.
+    see :func:`bridge_lines`). Words found there are kept (faint text the first search missed), so are
+    segmented regions (the lone-letter rule is about reads), and candidates inside the inpainted area are
+    judged normally: leftovers of removed text and text revealed under it lie there.
     """
     for d in found:
         if not d.kept:
@@ -167,7 +177,11 @@ def _keep_first_judgement(
             continue
         if (own & (rejected0 > 0)).sum() >= area:
             d.kept, d.reason = False, f"{ALREADY_JUDGED}: rejected there on pass 0"
-        elif sum(ch.isalnum() for ch in d.text) <= cfg.short_text_chars and not _continues_a_line(d, removed, cfg):
+        elif (
+            d.text_score is not None
+            and sum(ch.isalnum() for ch in d.text) <= cfg.short_text_chars
+            and not _continues_a_line(d, removed, cfg)
+        ):
             d.kept, d.reason = False, f"{ALREADY_JUDGED}: a lone letter outside the inpainted area"
 
 
@@ -183,25 +197,63 @@ def _admit_line_continuations(
     """
     relaxed = replace(cfg, min_short_text_score=0.0)
     for d in found:
-        if d.kept or not filter_detections([replace(d)], shape, relaxed)[0].kept:
+        if d.kept or d.text_score is None or not filter_detections([replace(d)], shape, relaxed)[0].kept:
             continue
         if _continues_a_line(d, lines, cfg):
             d.kept, d.reason = True, CONTINUES_LINE
 
 
+def _keep_near_text(
+    regions: list[Detection], text: list[Detection], shape: tuple[int, ...], cfg: TextRemovalConfig
+) -> None:
+    """Reject segmented regions farther than ``segmenter_reach_px`` (scaled) from every OCR-kept box.
+
+    The segmenter learned text from procedural overlays; on real photos without text it still fires on
+    specular ripples and pores (README, "Text segmenter"), and a 25 px halo there erases a defect.
+    Next to text OCR found, a region is most likely more of the same overlay (a faint tile, a letter)."""
+    if cfg.segmenter_reach_px is None:
+        return
+    import cv2
+
+    anchors = [d for d in text if d.source != SEGMENTED]
+    reach = scaled_dilation(cfg.segmenter_reach_px, shape)
+    near = _box_map(anchors, shape)
+    if reach > 0:
+        near = cv2.dilate(near, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1)))
+    for d in regions:
+        if d.kept and not (_box_map([d], shape) & near).any():
+            d.kept, d.reason = False, f"segmented region farther than {cfg.segmenter_reach_px}px from OCR-found text"
+
+
 class TextCleaner:
-    """One detector + one inpainter, loaded once and reused (one per Ray actor)."""
+    """One detector (+ the text segmenter unless ``segmenter: none``) + one inpainter, loaded once and reused
+    (one per Ray actor)."""
 
     def __init__(
-        self, cfg: TextRemovalConfig, detector: TextDetector | None = None, inpainter: Inpainter | None = None
+        self,
+        cfg: TextRemovalConfig,
+        detector: TextDetector | None = None,
+        inpainter: Inpainter | None = None,
+        segmenter: TextSegmenter | None = None,
     ) -> None:
         self.cfg = cfg
         self.detector = detector or create_detector(cfg)
         self.inpainter = inpainter or create_inpainter(cfg)
+        self.segmenter = segmenter or (TextSegmenter(cfg) if cfg.segmenter != "none" else None)
 
-    def find_text(self, image: np.ndarray) -> list[Detection]:
-        """All candidates, each marked kept or rejected by the configured filters."""
-        return filter_detections(self.detector.detect(image), image.shape, self.cfg)
+    def find_text(self, image: np.ndarray, anchors: Sequence[Detection] = ()) -> list[Detection]:
+        """All candidates, each marked kept or rejected: the detector's by the configured filters, then the
+        segmenter's regions that the kept boxes do not already cover (>= 70 % of the region), kept only within
+        ``segmenter_reach_px`` of a kept box of this search or of ``anchors`` (text kept on earlier passes)."""
+        dets = filter_detections(self.detector.detect(image), image.shape, self.cfg)
+        for d in dets:
+            d.source = d.source or self.detector.name
+        if self.segmenter is not None:
+            kept = [d for d in dets if d.kept]
+            regions = new_boxes(self.segmenter.detect(image), kept, image.shape)
+            _keep_near_text(regions, [*kept, *anchors], image.shape, self.cfg)
+            dets += regions
+        return dets
 
     def clean(self, image: np.ndarray, codec: Codec | None = None) -> CleanResult:
         """Detect and inpaint until the detector finds no more text, at most ``passes`` inpaint rounds.
@@ -227,13 +279,13 @@ class TextCleaner:
             if p == self.cfg.passes and not self.cfg.audit:
                 break
             t = time.perf_counter()
-            found = self.find_text(view)
+            found = self.find_text(view, [d for d in dets if d.kept])
             elapsed = time.perf_counter() - t
             for d in found:
                 d.pass_index = p
             _admit_line_continuations(found, [d for d in [*dets, *found] if d.kept], image.shape, self.cfg)
             if p == 0:
-                rejected0 = _box_map([d for d in found if not d.kept], image.shape)
+                rejected0 = _box_map([d for d in found if not d.kept and d.source != SEGMENTED], image.shape)
             else:
                 _keep_first_judgement(found, mask, rejected0, [d for d in dets if d.kept], self.cfg)
             dets += found

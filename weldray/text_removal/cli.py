@@ -43,3 +43,43 @@ def clean(
         f"records {report.records_path}\naudit   {report.audit_path}\nsheet   {report.contact_sheet_path}"
     )
     print_result(output)
+
+
+def train_segmenter(
+    output: str = typer.Argument(..., help="Weights file to write, e.g. textseg.pt."),
+    renders: int = typer.Option(2400, help="Procedural training renders (2 crops each)."),
+    steps: int = typer.Option(3000, help="Optimiser steps (batch 16)."),
+    backgrounds: str | None = typer.Option(
+        None, help="Folder of real photos: those where OCR finds no text become backgrounds for composited text."
+    ),
+    background_fraction: float = typer.Option(0.6, help="Share of renders drawn on a real background."),
+    holdout: float = typer.Option(
+        0.0, help="Share of the text-free photos kept out of training (validation renders and false-positive checks)."
+    ),
+    workers: int = typer.Option(2, help="Render processes."),
+) -> None:
+    """Train the text segmenter (text_removal.segmenter=textseg) on procedural text with exact glyph masks."""
+    import json
+
+    from weldray.text_removal.segmenter_train import SegmenterTrainConfig
+    from weldray.text_removal.segmenter_train import train_segmenter as run
+
+    try:
+        cfg = SegmenterTrainConfig(
+            renders=renders,
+            steps=steps,
+            backgrounds=backgrounds,
+            background_fraction=background_fraction,
+            background_holdout=holdout,
+            workers=workers,
+        )
+    except ValueError as exc:
+        typer.secho(f"config error: {exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+    try:
+        meta = run(output, cfg, progress=True)
+    except FileNotFoundError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps({k: v for k, v in meta.items() if k != "config"}), err=True)
+    print_result(output)

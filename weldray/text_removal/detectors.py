@@ -18,6 +18,9 @@ import numpy as np
 
 from weldray.config import TextRemovalConfig
 
+#: ``Detection.source`` of a region found by the text segmenter (no recognition: ``text_score`` None).
+SEGMENTED = "textseg"
+
 
 @dataclass
 class Detection:
@@ -32,6 +35,8 @@ class Detection:
     reason: str = ""
     # Which cleaning pass found it (0 = on the original image).
     pass_index: int = 0
+    # What found it: the OCR detector's name, or SEGMENTED for a region of the text segmenter.
+    source: str = ""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -42,6 +47,7 @@ class Detection:
             "kept": self.kept,
             "reason": self.reason,
             "pass": self.pass_index,
+            "source": self.source,
         }
 
 
@@ -187,7 +193,7 @@ class RapidOCRDetector:
                 Detection(box=np.asarray(b, np.float32), det_score=float(s))
                 for b, s in zip(det.boxes, det.scores, strict=True)
             ]
-            dets += _new_boxes(found, dets, bgr.shape)
+            dets += new_boxes(found, dets, bgr.shape)
         if not dets:
             return []
         if self.recognizes:
@@ -200,7 +206,7 @@ class RapidOCRDetector:
         return dets
 
 
-def _new_boxes(found: list[Detection], known: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
+def new_boxes(found: list[Detection], known: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
     """Boxes of ``found`` not already (>= 70% of their area) covered by ``known`` boxes."""
     if not known:
         return found

@@ -24,6 +24,7 @@ import pandas as pd
 
 from weldray import io as wio
 from weldray.config import TextRemovalConfig, WeldrayConfig
+from weldray.text_removal.detectors import SEGMENTED
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ RECORD_COLUMNS = [
     "height",
     "n_candidates",
     "n_text_boxes",
+    "n_segmented",
     "texts",
     "detections",
     "mask_fraction",
@@ -97,6 +99,7 @@ def _empty_record(relpath: str, input_uri: str, sha: str) -> dict[str, Any]:
         "height": 0,
         "n_candidates": 0,
         "n_text_boxes": 0,
+        "n_segmented": 0,
         "texts": "[]",
         "detections": "[]",
         "mask_fraction": 0.0,
@@ -147,7 +150,8 @@ def process_image(
         height=image.shape[0],
         n_candidates=len(res.detections),
         n_text_boxes=len(kept),
-        texts=json.dumps([d.text for d in kept]),
+        n_segmented=sum(d.source == SEGMENTED for d in kept),
+        texts=json.dumps([d.text for d in kept if d.source != SEGMENTED]),
         detections=json.dumps([d.to_dict() for d in res.detections]),
         mask_fraction=res.mask_fraction,
         detect_ms=res.timings_ms["detect"],
@@ -234,6 +238,10 @@ def load_done(output: str, endpoint_url: str | None) -> tuple[pd.DataFrame | Non
     if not wio.exists(path, endpoint_url):
         return None, {}
     prev = pd.read_parquet(io.BytesIO(wio.read_bytes(path, endpoint_url)))
+    missing = [c for c in RECORD_COLUMNS if c not in prev.columns]
+    if missing:  # written by an older weldray, whose cleaner differed: nothing there is reused
+        log.warning("%s lacks record columns %s (an older weldray): every image is cleaned again", path, missing)
+        return None, {}
     ok = prev[prev["status"] == "ok"]
     existing = {
         f for f in (wio.list_files(output, None, endpoint_url) if wio.exists(output, endpoint_url) else [])
@@ -251,6 +259,10 @@ def preflight(cfg: TextRemovalConfig) -> None:
         check_easyocr_weights(cfg)
     if cfg.inpainter == "lama":
         check_lama_file(cfg.lama_model_path)
+    if cfg.segmenter == "textseg":
+        from weldray.text_removal.segmenter import load_textseg
+
+        load_textseg(cfg.segmenter_model_path)
 
 
 def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool = True) -> CleanReport:
