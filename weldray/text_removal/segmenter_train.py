@@ -113,8 +113,9 @@ def render_crops(args: tuple[int, int, SegmenterTrainConfig, list[str]]) -> tupl
         if glyphs.any() and rng.random() < 0.7:  # centre most crops near text: positives are ~3 % of pixels
             yy, xx = np.nonzero(glyphs)
             j = int(rng.integers(len(yy)))
-            cy, cx = yy[j] + int(rng.integers(-cfg.crop // 3, cfg.crop // 3)), xx[j]
-            cx += int(rng.integers(-cfg.crop // 3, cfg.crop // 3))
+            jitter = cfg.crop // 3
+            cy = int(yy[j]) + int(rng.integers(-jitter, jitter))
+            cx = int(xx[j]) + int(rng.integers(-jitter, jitter))
         else:
             cy, cx = (int(v) for v in rng.integers(0, size, 2))
         y = int(np.clip(cy - cfg.crop // 2, 0, size - cfg.crop)) // STRIDE * STRIDE
