@@ -86,6 +86,9 @@ class Stage:
     run: Callable[[PipelineRun], tuple[dict[str, str], dict[str, Any]]]
     # Returns a reason to skip (e.g. disabled in config) or None.
     skip_reason: Callable[[PipelineRun], str | None] = lambda run: None
+    # Checks on the driver, before any stage runs, that raise what would otherwise fail the stage later:
+    # missing weights, a missing data root (errors that no retry can fix).
+    preflight: Callable[[PipelineRun], None] = lambda run: None
 
 
 def _now() -> str:
@@ -119,6 +122,15 @@ def _clean_skip(run: PipelineRun) -> str | None:
     if not run.cfg.text_removal.enabled:
         return "text_removal.enabled=false"
     return None
+
+
+def _clean_preflight(run: PipelineRun) -> None:
+    from weldray.text_removal.pipeline import preflight
+
+    root = run.cfg.data.root
+    if root is not None and not io.is_s3(root) and not Path(root).exists():
+        raise FileNotFoundError(f"data.root={root}: no such folder or file")
+    preflight(run.cfg.text_removal)
 
 
 def _clean(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
@@ -155,6 +167,12 @@ def _ingest(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
 
 def _train_config(run: PipelineRun) -> WeldrayConfig:
     return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", f"output_dir={run.run_dir}")
+
+
+def _train_preflight(run: PipelineRun) -> None:
+    from weldray.training.trainer import initial_model
+
+    initial_model(run.cfg, run.cfg.data.labels)  # resolves and loads the pretrained weights
 
 
 def _train(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
@@ -206,9 +224,9 @@ def _slice(cfg: WeldrayConfig, *names: str) -> dict[str, Any]:
 
 PIPELINE: tuple[Stage, ...] = (
     Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": asdict(r.cfg.data.procedural),
-                              **_slice(r.cfg, "text_removal")}, _clean, _clean_skip),
+                              **_slice(r.cfg, "text_removal")}, _clean, _clean_skip, _clean_preflight),
     Stage("ingest", lambda r: _slice(r.cfg, "data"), _ingest),
-    Stage("train", lambda r: _slice(r.cfg, "model", "training", "seed"), _train),
+    Stage("train", lambda r: _slice(r.cfg, "model", "training", "seed"), _train, preflight=_train_preflight),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),
     Stage("export", lambda r: _slice(r.cfg, "export"), _export),
 )
@@ -242,6 +260,9 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
     run = PipelineRun(overrides=overrides, cfg=cfg, run_dir=run_dir)
     previous = _load_records(run_dir)
     console.rule(f"weldray pipeline → {run_dir}")
+    for stage in PIPELINE:
+        if stage.name in cfg.pipeline.stages and not stage.skip_reason(run):
+            stage.preflight(run)
     upstream: list[str] = []
     for stage in PIPELINE:
         key = _stage_key(stage, run, upstream)

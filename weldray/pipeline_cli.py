@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def pipeline(
@@ -18,7 +18,7 @@ def pipeline(
     """Run clean -> ingest -> train -> evaluate -> export; print the run directory (model + report)."""
     from weldray.pipeline import StageError, run_pipeline, split_args
 
-    with exit_on_config_error():
+    with exit_on_user_error():
         try:
             run_dir = run_pipeline(split_args(args or []))
         except StageError as exc:

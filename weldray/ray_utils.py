@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+from collections.abc import Iterator
 
 from weldray.config import RayConfig, ServeConfig
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the processes started inside the block only."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _free_port() -> int:
@@ -94,13 +111,24 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
     # starves the job itself (a training test ran at 0.1 img/s beside two CPU-bound processes).
     # Here the job is the user's foreground work: same priority as the driver.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    context = ray.init(
-        address="local",
-        num_cpus=cfg.num_cpus,
-        include_dashboard=cfg.include_dashboard,
-        dashboard_host=cfg.dashboard_host,
-        **kwargs,
-    )
-    log.info("started local Ray with %s CPUs", ray.cluster_resources().get("CPU"))
+    # A private instance stays private: its GCS port is chosen here, and every worker, actor and job it
+    # starts gets that address as RAY_ADDRESS. Ray's own helpers that connect by address auto-detection
+    # (Ray Train's placement-group cleaner, the state API) otherwise find every Ray instance on the machine
+    # and fail with "Found multiple active Ray instances" when another weldray command is running.
+    gcs_port = _free_port()
+    private = f"{ray.util.get_node_ip_address()}:{gcs_port}"
+    with _environ(RAY_GCS_SERVER_PORT=str(gcs_port)):
+        context = ray.init(
+            address="local",
+            num_cpus=cfg.num_cpus,
+            include_dashboard=cfg.include_dashboard,
+            dashboard_host=cfg.dashboard_host,
+            runtime_env={"env_vars": {"RAY_ADDRESS": private}},
+            **kwargs,
+        )
+    if context.address_info["gcs_address"] != private:
+        ray.shutdown()
+        raise RuntimeError(f"local Ray started at {context.address_info['gcs_address']}, not at {private}")
+    log.info("started local Ray at %s with %s CPUs", private, ray.cluster_resources().get("CPU"))
     if context.dashboard_url:
         log.info("Ray dashboard: http://%s", context.dashboard_url)

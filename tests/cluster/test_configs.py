@@ -126,6 +126,19 @@ def test_dockerfile_builds_on_the_project_ray_image() -> None:
     assert f"ray.__version__ == '{RAY_VERSION}'" in text
 
 
+def test_image_holds_every_tree_a_job_runs_from() -> None:
+    """RayJob and RayService run from the image, not from an uploaded working_dir: the image must carry
+    what ``weldray submit`` would upload (the package with its data, jobs, configs, Serve config)."""
+    from weldray.cluster.jobs import JOB_TREES
+
+    text = (CLUSTER / "docker" / "Dockerfile").read_text()
+    copied = set(re.findall(r"^COPY --chown=\S+ (\S+) \./\1$", text, re.M))
+    present = {t for t in JOB_TREES if (REPO / t).is_dir()}
+    assert present <= copied, f"add COPY lines to cluster/docker/Dockerfile for {sorted(present - copied)}"
+    # Editable install: package data (the segmenter weights) stays where the COPY put it.
+    assert "pip install --no-cache-dir -e ." in text
+
+
 # ----- KubeRay -------------------------------------------------------------------------------------
 def test_kuberay_manifests_cover_cluster_job_and_service() -> None:
     assert {d["kind"] for _, d in RAY_DOCS} == RAY_KINDS

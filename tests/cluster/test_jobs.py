@@ -45,11 +45,58 @@ def test_runtime_env_names_the_repo_and_excludes() -> None:
     assert env["env_vars"] == {"WELDRAY_RUN_ID": "r1"}
 
 
-def test_submit_refuses_when_a_required_file_would_not_ship(tmp_path: Path) -> None:
+def test_everything_the_package_ships_travels_with_a_job() -> None:
+    """The regression of issue 12: the text segmenter's weights (a ``.pt`` inside the package) were
+    dropped by the ``*.pt`` artefact pattern and every pipeline job failed at its first stage."""
+    needed = jobs.job_files(REPO)
+    assert "weldray/text_removal/weights/textseg.pt" in needed
+    assert {"jobs/pipeline.py", "conf/config.yaml", "serve/config.yaml", "weldray/py.typed"} <= needed
+    assert not [f for f in needed if "__pycache__" in f or f.endswith(".pyc")]
+    assert needed <= jobs.shipped_files(REPO)
+
+
+def _checkout(root: Path) -> Path:
+    for rel in ("weldray/__init__.py", "weldray/weights/net.pt", "jobs/pipeline.py", "conf/config.yaml", "run.pt"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"x")
+    return root
+
+
+def test_package_data_travels_but_stray_artefacts_do_not(tmp_path: Path) -> None:
+    root = _checkout(tmp_path)
+    shipped = jobs.shipped_files(root)
+    assert "weldray/weights/net.pt" in shipped and "run.pt" not in shipped
+    assert jobs.missing_from_upload(root) == []
+    assert jobs.missing_from_upload(root, excludes=("*.pt",)) == ["weldray/weights/net.pt"]
+
+
+def test_submit_refuses_naming_the_package_file_that_would_not_ship(tmp_path: Path) -> None:
+    root = _checkout(tmp_path)
+    with pytest.raises(FileNotFoundError, match="weldray/weights/net.pt"):
+        jobs.submit(object(), "python jobs/pipeline.py", working_dir=root, excludes=("*.pt",))
+
+
+def test_submit_refuses_a_folder_that_is_not_a_checkout(tmp_path: Path) -> None:
     (tmp_path / "weldray").mkdir()
     (tmp_path / "weldray" / "__init__.py").write_text("")
     with pytest.raises(FileNotFoundError, match="jobs/pipeline.py"):
-        jobs.submit(object(), "python jobs/pipeline.py", working_dir=tmp_path, required=jobs.REQUIRED_FILES)
+        jobs.submit(object(), "python jobs/pipeline.py", working_dir=tmp_path, required=[jobs.PIPELINE_SCRIPT])
+
+
+def test_package_data_is_declared_for_wheels() -> None:
+    """Non-editable installs (wheels, images built with ``pip install .``) carry only declared package
+    data: every non-Python file of the package must match a ``[tool.setuptools.package-data]`` glob."""
+    import fnmatch
+
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["weldray"]
+    data = [
+        f.removeprefix("weldray/") for f in jobs.job_files(REPO) if f.startswith("weldray/") and not f.endswith(".py")
+    ]
+    assert data, "the package ships data files (the segmenter weights at least)"
+    undeclared = [f for f in data if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert not undeclared, f"add these to [tool.setuptools.package-data] in pyproject.toml: {undeclared}"
 
 
 # ----- entrypoint and metadata ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 from weldray.cluster.local import DEFAULT_PORT_BASE, DEFAULT_TEMP_DIR
 
 cluster_app = typer.Typer(
@@ -169,7 +169,7 @@ def submit(
     ) as exc:  # unreachable, or 401/403: wrong token
         typer.secho(f"cannot reach the Jobs API at {address}: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
-    with exit_on_config_error():
+    with exit_on_user_error():
         submission_id = jobs.submit_pipeline(client, data, extra)
     console.print(f"submitted [bold]{submission_id}[/bold]; Jobs page: {address}/#/jobs")
     if wait:

@@ -23,8 +23,16 @@ from typing import Any
 
 from weldray.cluster.auth import auth_headers, load_token
 
-# Never shipped to the cluster: environments, results, data sets, git history, caches. Top-level folders
-# are anchored with "/" (gitignore syntax): a bare "data" would also drop the weldray/data package.
+#: What a job runs from: the package (its modules and its package data, such as the text segmenter's
+#: weights), the job entrypoints, the Hydra configs, the Serve config and the sweep spaces. Every file of
+#: these trees travels with a job, whatever the artefact patterns below match.
+JOB_TREES: tuple[str, ...] = ("weldray", "jobs", "conf", "serve", "tune_spaces")
+# Caches that never travel, even inside JOB_TREES.
+_CACHES: tuple[str, ...] = ("**/__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", ".ruff_cache")
+# Never shipped to the cluster: environments, results, data sets, git history, caches, and model artefacts
+# lying around the checkout (exports, checkpoints). Top-level folders are anchored with "/" (gitignore
+# syntax): a bare "data" would also drop the weldray/data package. The "!" lines put JOB_TREES back
+# (gitignore's last match wins), then the caches are dropped again.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/.venv",
     "/.git",
@@ -36,17 +44,15 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/dist",
     "/.whl",
     "/.gl",
-    "**/__pycache__",
-    "*.egg-info",
-    ".pytest_cache",
-    ".ruff_cache",
     "*.onnx",
     "*.onnx.data",
     "*.pt",
     "*.ckpt",
+    *(f"!/{tree}/**" for tree in JOB_TREES),
+    *_CACHES,
 )
-# What a pipeline job cannot run without; checked before every upload.
-REQUIRED_FILES: tuple[str, ...] = ("jobs/pipeline.py", "conf/config.yaml", "weldray/__init__.py")
+PACKAGE_MARKER = "weldray/__init__.py"
+PIPELINE_SCRIPT = "jobs/pipeline.py"
 _IGNORE_GITIGNORE_ENV = "RAY_RUNTIME_ENV_IGNORE_GITIGNORE"
 RUN_ID_ENV = "WELDRAY_RUN_ID"
 # Lines in job logs that are not the driver's own stdout: forwarded worker output (optionally coloured,
@@ -102,23 +108,37 @@ def shipped_files(
     return files
 
 
+def job_files(working_dir: str | Path | None = None) -> set[str]:
+    """Relative paths of every file a job may import or open: all of JOB_TREES but caches.
+
+    Derived from the checkout itself, so a new module, config or package-data file (weights, templates,
+    web assets) is covered the day it is added.
+    """
+    root = Path(working_dir or repo_root())
+    return {
+        p.relative_to(root).as_posix()
+        for tree in JOB_TREES
+        for p in (root / tree).rglob("*")
+        if p.is_file() and not _is_cache(p.relative_to(root))
+    }
+
+
+def _is_cache(rel: Path) -> bool:
+    """What the _CACHES patterns exclude."""
+    return rel.suffix == ".pyc" or any(
+        part in ("__pycache__", ".pytest_cache", ".ruff_cache") or part.endswith(".egg-info") for part in rel.parts
+    )
+
+
 def missing_from_upload(
     working_dir: str | Path | None = None,
     *,
     excludes: Sequence[str] = DEFAULT_EXCLUDES,
     include_gitignore: bool = False,
 ) -> list[str]:
-    """Python modules, configs and job scripts of the repository that would NOT reach the cluster."""
+    """The files of :func:`job_files` that would NOT reach the cluster with these excludes."""
     root = Path(working_dir or repo_root())
-    shipped = shipped_files(root, excludes=excludes, include_gitignore=include_gitignore)
-    needed = {
-        p.relative_to(root).as_posix()
-        for pattern in ("weldray/**/*.py", "jobs/*.py", "conf/**/*.yaml")
-        for p in root.glob(pattern)
-        if "__pycache__" not in p.parts
-    }
-    needed |= {f for f in REQUIRED_FILES if (root / f).is_file()}
-    return sorted(needed - shipped)
+    return sorted(job_files(root) - shipped_files(root, excludes=excludes, include_gitignore=include_gitignore))
 
 
 @contextlib.contextmanager
@@ -146,18 +166,24 @@ def submit(
     submission_id: str | None = None,
     entrypoint_num_cpus: float | None = None,
     required: Sequence[str] = (),
+    excludes: Sequence[str] = DEFAULT_EXCLUDES,
 ) -> str:
-    """Submit ``entrypoint`` with this repository as working_dir; refuse if a needed file would not ship."""
+    """Submit ``entrypoint`` with this repository as working_dir; refuse, naming the paths, if ``required``
+    files are absent or any file of the package, jobs or configs would not ship."""
     root = Path(working_dir or repo_root())
-    missing = [f for f in required if not (root / f).is_file()] + missing_from_upload(root)
+    absent = [f for f in (PACKAGE_MARKER, *required) if not (root / f).is_file()]
+    if absent:
+        raise FileNotFoundError(f"{root} is not a weldray checkout: no {', '.join(absent)}")
+    missing = missing_from_upload(root, excludes=excludes)
     if missing:
         raise FileNotFoundError(
             f"these files would not reach the cluster from {root}: {', '.join(missing[:10])}"
+            + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         )
     with _explicit_excludes_only():
         return client.submit_job(
             entrypoint=entrypoint,
-            runtime_env=runtime_env(root, env_vars=env_vars),
+            runtime_env=runtime_env(root, excludes=excludes, env_vars=env_vars),
             metadata=metadata,
             submission_id=submission_id,
             entrypoint_num_cpus=entrypoint_num_cpus,
@@ -172,7 +198,7 @@ def new_run_id(prefix: str = "pipeline") -> str:
 
 def pipeline_entrypoint(data: str | None, overrides: Sequence[str]) -> str:
     """The shell command the job runs: ``python jobs/pipeline.py [DATA] [key=value ...]``."""
-    return shlex.join(["python", "jobs/pipeline.py", *([data] if data else []), *overrides])
+    return shlex.join(["python", PIPELINE_SCRIPT, *([data] if data else []), *overrides])
 
 
 def job_metadata(overrides: Sequence[str], run_id: str) -> dict[str, str]:
@@ -271,7 +297,7 @@ def submit_pipeline(
         env_vars={RUN_ID_ENV: run_id},
         submission_id=f"weldray-{run_id}",
         entrypoint_num_cpus=entrypoint_num_cpus,
-        required=REQUIRED_FILES,
+        required=(PIPELINE_SCRIPT, "conf/config.yaml"),
     )
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def ingest(
@@ -21,7 +21,7 @@ def ingest(
     from weldray.data import ingest as run_ingest
     from weldray.data.report import render_summary
 
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config([*(overrides or []), f"data.root={data}"])

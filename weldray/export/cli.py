@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def export(
@@ -23,7 +23,7 @@ def export(
 
     from weldray.export import NoCheckImagesError, ParityError, TensorRTUnavailableError, export_checkpoint
 
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config(list(overrides or []))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def predict(
@@ -27,7 +27,7 @@ def predict(
 
     overrides = [i for i in images if re.fullmatch(r"[A-Za-z_][\w.]*=.*", i) and not Path(i).exists()]
     paths = [i for i in images if i not in overrides]
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config(overrides).serve
@@ -72,7 +72,7 @@ def serve(
     from weldray.ray_utils import IngressUnavailableError, init_ray
 
     extra = [*([f"serve.host={host}"] if host else []), *([f"serve.port={port}"] if port else [])]
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config([*(overrides or []), *extra])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def clean(
@@ -24,7 +24,7 @@ def clean(
     from weldray.text_removal.detectors import MissingWeightsError
     from weldray.text_removal.pipeline import clean_dataset
 
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config(list(overrides or []))

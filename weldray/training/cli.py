@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_config_error, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def train(
@@ -12,18 +12,16 @@ def train(
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
 ) -> None:
     """Train a classifier on DATA with Ray Train; prints the run directory last."""
-    with exit_on_config_error():
-        from weldray.config import load_config
-
-        cfg = load_config([*(overrides or []), f"data.root={data}"])
     import ray
 
+    from weldray.config import load_config
     from weldray.training import train as run_train
 
-    try:
-        run_dir = run_train(cfg)
-    finally:
-        ray.shutdown()
+    with exit_on_user_error():
+        try:
+            run_dir = run_train(load_config([*(overrides or []), f"data.root={data}"]))
+        finally:
+            ray.shutdown()
     print_result(run_dir)
 
 
@@ -33,7 +31,7 @@ def evaluate(
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.tta=true."),
 ) -> None:
     """Write the evaluation report of RUN_DIR's model on DATA; prints the report path last."""
-    with exit_on_config_error():
+    with exit_on_user_error():
         from weldray.config import load_config
 
         cfg = load_config([*(overrides or []), f"data.root={data}"])
@@ -50,18 +48,17 @@ def cv(
 ) -> None:
     """K-fold group cross-validation: one `weldray train` run per fold, each fold held out once;
     prints per-fold and mean balanced accuracy, and the summary JSON path last."""
-    with exit_on_config_error():
-        from weldray.config import load_config
-
-        cfg = load_config([*(overrides or []), f"data.root={data}"])
     import ray
 
+    from weldray.config import load_config
     from weldray.training import cross_validate
 
-    try:
-        summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
-    finally:
-        ray.shutdown()
+    with exit_on_user_error():
+        try:
+            cfg = load_config([*(overrides or []), f"data.root={data}"])
+            summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
+        finally:
+            ray.shutdown()
     for row in summary["folds"]:
         print(f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}")
     print(

@@ -210,6 +210,7 @@ def step_context(
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
     import ray.train
     import ray.train.torch
 
@@ -227,7 +228,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     num_classes = len(classes)
     # channels_last: oneDNN's fast convolution layout on CPU (1.7x the img/s of NCHW for Lite0 on
     # this 2-core box) and the tensor-core layout for AMP on GPU.
-    model = build_classifier(ModelConfig(**config["model"]), num_classes, classes=classes)
+    # The driver resolved and loaded the pretrained weights (trainer.initial_model): no weights file here.
+    model = build_classifier(ModelConfig(**config["model"]), num_classes, pretrained=False, classes=classes)
+    model.load_state_dict(ray.get(config["initial_state"]))
     model = ray.train.torch.prepare_model(model.to(memory_format=torch.channels_last))
     steps_per_epoch = max(1, config["n_train"] // (cfg["batch_size"] * world))
     step = step_context(

@@ -69,8 +69,26 @@ def scaling_plan(
 WORKER_RUNTIME_ENV: dict[str, Any] = {"env_vars": {"MALLOC_ARENA_MAX": "1"}}
 
 
-def fit(cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: list[str]) -> Any:
-    """Run the TorchTrainer; returns Ray's Result (latest checkpoint holds the best weights)."""
+def initial_model(cfg: WeldrayConfig, classes: list[str]) -> torch.nn.Module:
+    """The model every worker starts from, built on the driver: pretrained weights are resolved and
+    loaded here, before Ray or any worker starts.
+
+    A missing or unfitting weights file is deterministic: raised here it surfaces once, with its message,
+    instead of failing every worker and being retried by Ray Train's FailureConfig (which is for what can
+    succeed on retry: a lost worker or node). Workers then need no weights file of their own, so
+    ``model.weights`` may name a file that only the driver's machine has.
+    """
+    from weldray.models import build_classifier
+
+    torch.manual_seed(cfg.seed)
+    return build_classifier(cfg.model, len(classes), classes=classes)
+
+
+def fit(
+    cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: list[str], initial: torch.nn.Module
+) -> Any:
+    """Run the TorchTrainer from ``initial``'s weights; returns Ray's Result (latest checkpoint holds the
+    kept weights)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -109,6 +127,8 @@ def fit(cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: li
         "torch_threads": plan["torch_threads"],
         "run_id": run_id,
         "tensorboard_dir": str(run_dir / "tensorboard"),
+        # Through the object store: one copy per node, not one per worker in the pickled config.
+        "initial_state": ray.put(initial.state_dict()),
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -169,8 +189,9 @@ def train(cfg: WeldrayConfig) -> Path:
             f"{manifest_path}: empty train ({len(splits.train)}) or val ({len(splits.val)}) rows"
         )
 
+    initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
-    result = fit(cfg, run_id, run_dir, splits, classes)
+    result = fit(cfg, run_id, run_dir, splits, classes, initial)
     if result.error is not None:
         raise RuntimeError(f"training run {run_id} failed: {result.error}") from result.error
     state = _read_state(result.checkpoint)
