@@ -48,7 +48,7 @@ RECIPES: dict[str, list[str]] = {
     "no_mixup_cutmix": ["training.mixup_prob=0.0"],
     "softmax_head": ["model.head=softmax"],
     "no_progressive_resize": ["training.image_sizes=[224]"],
-    "early_stopping_5": ["training.early_stopping_patience=5"],
+    "early_stopping_5": ["training.early_stopping_patience=5", "training.holdout=true"],
     "no_label_smoothing": ["training.label_smoothing=0.0"],
     "no_augment": ["training.augment=false"],
     "no_class_weighting": ["training.class_weighting=false"],
@@ -122,14 +122,15 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     tc = asdict(cfg.training)
     torch.manual_seed(cfg.seed + fold)
     rng = np.random.default_rng(cfg.seed + fold)
-    splits = split_rows(manifest, fold)
+    # As `weldray cv`: every row outside the fold trains, unless the recipe holds val rows out (early stopping).
+    splits = split_rows(manifest, fold, cfg.training.holdout)
     classes = cfg.data.labels
     y_train = splits.train["label_index"].to_numpy()
     y_val = splits.val["label_index"].to_numpy()
     y_test = splits.test["label_index"].to_numpy()
     decode = int(round(max(tc["image_sizes"]) * 1.15 / 8) * 8) if tc["augment"] else None
     eval_size = cfg.model.image_size
-    x_val = cache.get(splits.val["path"].tolist(), eval_size)
+    x_val = cache.get(splits.val["path"].tolist(), eval_size) if len(y_val) else None
     x_test = cache.get(splits.test["path"].tolist(), eval_size)
 
     model = build_classifier(cfg.model, len(classes), classes=classes).to(memory_format=torch.channels_last)
@@ -147,9 +148,13 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
         size = phase_size(epoch, tc["epochs"], tc["image_sizes"])
         x_train = cache.get(splits.train["path"].tolist(), decode or size)
         train_epoch(model, _batches(x_train, y_train, tc["batch_size"], Augment(size, tc["augment"]), rng), ctx)
-        m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
-        print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)
-        score = selection_score(m)
+        if len(y_val):
+            m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
+            print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)
+            score = selection_score(m)
+        else:  # nothing held out: the final weights are kept
+            print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px", flush=True)
+            score = float(epoch)
         if score > best_score:
             best_score, best_epoch, bad = score, epoch, 0
             best_state = {k: v.detach().clone() for k, v in ctx.eval_model(model).state_dict().items()}

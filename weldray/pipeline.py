@@ -176,18 +176,30 @@ def _train_preflight(run: PipelineRun) -> None:
 
 
 def _train(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
-    from weldray.training import train
+    """Cross-validation of the recipe (``pipeline.cv_folds``), then the final fit on every labelled row,
+    which takes its temperature and figures from the out-of-fold predictions; with ``training.holdout``
+    one run on the manifest's train split instead."""
+    from weldray.training import cross_validate, train
 
-    run_dir = Path(train(_train_config(run)))
+    cfg = _train_config(run)
+    outputs: dict[str, str] = {}
+    if not cfg.training.holdout:
+        outputs["cv_summary"] = cross_validate(cfg, cfg.pipeline.cv_folds)["path"]
+    run_dir = Path(train(cfg))
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return {"run_dir": str(run_dir), "checkpoint": str(run_dir / "model.pt")}, _scalars(metrics)
+    return {"run_dir": str(run_dir), "checkpoint": str(run_dir / "model.pt"), **outputs}, _scalars(metrics)
 
 
 def _evaluate(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    """The final fit's report is its cross-validation's out-of-fold report (it trained on every row);
+    a holdout run is evaluated on its held-out test rows."""
     from weldray.evaluation import evaluate
 
-    report = Path(evaluate(Path(run.output("train", "run_dir")), _train_config(run)))
+    if "cv_summary" in run.records["train"].outputs:
+        report = Path(json.loads(Path(run.output("train", "cv_summary")).read_text())["report"])
+    else:
+        report = Path(evaluate(Path(run.output("train", "run_dir")), _train_config(run)))
     link = run.run_dir / "report"
     if link.is_symlink() or link.exists():
         link.unlink()
@@ -226,7 +238,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": asdict(r.cfg.data.procedural),
                               **_slice(r.cfg, "text_removal")}, _clean, _clean_skip, _clean_preflight),
     Stage("ingest", lambda r: _slice(r.cfg, "data"), _ingest),
-    Stage("train", lambda r: _slice(r.cfg, "model", "training", "seed"), _train, preflight=_train_preflight),
+    Stage("train", lambda r: {**_slice(r.cfg, "model", "training", "seed"), "cv_folds": r.cfg.pipeline.cv_folds},
+          _train, preflight=_train_preflight),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),
     Stage("export", lambda r: _slice(r.cfg, "export"), _export),
 )

@@ -78,3 +78,35 @@ def test_train_epoch_steps_and_weight_ema(ema_decay: float) -> None:
         w_model, w_ema = model.head.fc.weight, averaged.head.fc.weight
         assert not torch.equal(w_model, w_ema)
     assert set(validate(averaged, batches)) == {"val_loss", "val_acc", "val_bal_acc"}
+
+
+def _manifest():  # type: ignore[no-untyped-def]
+    import pandas as pd
+
+    splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2 + ["excluded"]
+    return pd.DataFrame({"path": [f"p{i}" for i in range(11)], "split": splits, "fold": [i % 2 for i in range(11)]})
+
+
+@pytest.mark.parametrize(
+    ("cv_fold", "holdout", "n_train", "n_val", "n_test"),
+    [
+        (None, False, 10, 0, 0),  # the final fit: every labelled row, the excluded one never
+        (None, True, 6, 2, 2),  # quick check on the manifest's splits
+        (0, False, 5, 0, 5),  # a CV fold: every row outside fold 0 trains
+        (0, True, 4, 1, 5),  # ... minus the other folds' val rows
+    ],
+)
+def test_split_rows_per_mode(cv_fold: int | None, holdout: bool, n_train: int, n_val: int, n_test: int) -> None:
+    from weldray.training.data import split_rows
+
+    s = split_rows(_manifest(), cv_fold, holdout)
+    assert (len(s.train), len(s.val), len(s.test)) == (n_train, n_val, n_test)
+    assert not set(s.train["path"]) & (set(s.val["path"]) | set(s.test["path"]))
+
+
+def test_early_stopping_needs_held_out_rows() -> None:
+    from weldray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="training.holdout=true"):
+        load_config(["training.early_stopping_patience=3"])
+    assert load_config(["training.early_stopping_patience=3", "training.holdout=true"]).training.holdout

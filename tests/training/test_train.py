@@ -36,14 +36,24 @@ def _cfg(procedural_dir: Path, tmp: Path, *extra: str) -> WeldrayConfig:
 
 
 @pytest.fixture(scope="module")
-def trained_run(procedural_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
-    from weldray.training import train
+def cv_and_final_fit(
+    procedural_dir: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None
+) -> tuple[dict, Path]:
+    """What `weldray cv` then `weldray train` with the same overrides do (one fold, to stay quick)."""
+    from weldray.training import cross_validate, train
 
-    return train(_cfg(procedural_dir, tmp_path_factory.mktemp("train"), "training.run_name=learn"))
+    cfg = _cfg(procedural_dir, tmp_path_factory.mktemp("train"))
+    summary = cross_validate(cfg, [0])
+    return summary, train(_cfg(procedural_dir, Path(cfg.output_dir), "training.run_name=learn"))
+
+
+@pytest.fixture(scope="module")
+def trained_run(cv_and_final_fit: tuple[dict, Path]) -> Path:
+    return cv_and_final_fit[1]
 
 
 def test_run_directory_layout(trained_run: Path) -> None:
-    for name in ("model.pt", "config.yaml", "metrics.json", "report/report.md"):
+    for name in ("model.pt", "config.yaml", "metrics.json"):
         assert (trained_run / name).is_file(), name
     assert any((trained_run / "tensorboard").glob("events.out.tfevents.*"))
     m = json.loads((trained_run / "metrics.json").read_text())
@@ -51,6 +61,49 @@ def test_run_directory_layout(trained_run: Path) -> None:
     # No early stopping: the run keeps its final (EMA) weights, not a noisy best-validation epoch.
     assert m["kept"]["epoch"] == 3
     assert m["temperature"] > 0
+
+
+def test_final_fit_trains_on_every_labelled_row(trained_run: Path) -> None:
+    import pandas as pd
+
+    m = json.loads((trained_run / "metrics.json").read_text())
+    manifest = pd.read_parquet(m["manifest"])
+    assert m["n_train"] == int((manifest["split"] != "excluded").sum()) > 0
+    assert m["n_val"] == m["n_test"] == 0 and "test" not in m
+    assert "val_bal_acc" not in m["history"][-1]  # nothing held out, nothing validated
+
+
+def test_final_fit_takes_figures_and_temperature_from_the_out_of_fold_predictions(
+    cv_and_final_fit: tuple[dict, Path],
+) -> None:
+    import numpy as np
+
+    from weldray.evaluation.metrics import fit_temperature
+    from weldray.evaluation.report import read_predictions
+    from weldray.models import load_checkpoint
+
+    summary, run_dir = cv_and_final_fit
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["evaluation"]["cv_summary"] == summary["path"]
+    assert "out-of-fold" in m["evaluation"]["source"] and m["evaluation"]["folds"] == [0]
+    # The pooled out-of-fold rows are fold 0's rows, each predicted by the model that never saw it.
+    rows, logits = read_predictions(Path(summary["folds"][0]["run_dir"]) / "report")
+    assert summary["oof"]["n"] == len(rows) == json.loads(
+        (Path(summary["folds"][0]["run_dir"]) / "metrics.json").read_text())["n_test"]
+    expected = fit_temperature(logits, rows["label_index"].to_numpy())
+    assert summary["oof_temperature"] == pytest.approx(expected)
+    assert m["temperature"] == pytest.approx(summary["oof_temperature"])
+    _, meta = load_checkpoint(run_dir / "model.pt")
+    assert meta.temperature == pytest.approx(expected)
+    assert meta.metrics["cv_balanced_accuracy"] == pytest.approx(summary["oof"]["balanced_accuracy"])
+    assert np.isfinite(summary["oof"]["nll"]) and Path(summary["report"]).is_file()
+
+
+def test_a_cv_fold_trains_on_every_row_outside_it(cv_and_final_fit: tuple[dict, Path]) -> None:
+    summary, run_dir = cv_and_final_fit
+    fold = json.loads((Path(summary["folds"][0]["run_dir"]) / "metrics.json").read_text())
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert fold["n_val"] == 0 and fold["n_train"] + fold["n_test"] == final["n_train"]
 
 
 @pytest.mark.slow
@@ -84,7 +137,7 @@ def test_checkpoint_meta(trained_run: Path) -> None:
     model, meta = load_checkpoint(trained_run / "model.pt")
     assert meta.classes == ["good_weld", "bad_weld"] and meta.image_size == 96
     assert meta.run_id == "learn" and meta.manifest_sha256
-    assert "val_bal_acc" in meta.metrics
+    assert "out-of-fold" in meta.metrics["evaluation_source"]
 
 
 def test_scaling_plan_leaves_cpu_for_ray_data() -> None:

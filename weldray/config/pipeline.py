@@ -19,10 +19,17 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     # Re-run the selected stages even when their recorded inputs are unchanged.
     force: bool = False
+    # Cross-validation folds the train stage runs before the final fit (their out-of-fold predictions give
+    # the evaluation figures and the temperature); None: all data.n_folds.
+    cv_folds: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown or not self.stages:
             raise ConfigError("pipeline.stages", f"must be a non-empty subset of {list(STAGES)}, got {self.stages}")
+        if self.cv_folds is not None and (not self.cv_folds or min(self.cv_folds) < 0):
+            raise ConfigError(
+                "pipeline.cv_folds", f"must be null or a non-empty list of fold indices, got {self.cv_folds}"
+            )
         if self.run_name is not None and (not self.run_name or "/" in self.run_name):
             raise ConfigError("pipeline.run_name", f"must be a plain folder name, got {self.run_name!r}")

@@ -36,7 +36,12 @@ class TrainingConfig:
     use_gpu: str = "auto"
     cpus_per_worker: float = 2.0
     max_failures: int = 2
-    # Cross-validation fold held out for validation (None: the manifest's val split).
+    # False (default): train on every labelled row (the deployable final fit; with cv_fold, every row
+    # outside that fold), epochs fixed, figures and temperature from `weldray cv` out-of-fold predictions.
+    # True: hold the manifest's val (and, without cv_fold, test) rows out of training, for quick checks
+    # and early stopping.
+    holdout: bool = False
+    # Cross-validation fold held out as the test set (None: no fold held out).
     cv_fold: int | None = None
     # Fraction of real images per batch when synthetic data is mixed in (1.0 = real only).
     mix_real_ratio: float = 1.0
@@ -83,5 +88,11 @@ class TrainingConfig:
         check_positive("training.data_cpus", self.data_cpus, allow_zero=True)
         if self.cv_fold is not None and self.cv_fold < 0:
             raise ConfigError("training.cv_fold", f"must be >= 0 (a fold index), got {self.cv_fold}")
+        if not self.holdout and self.early_stopping_patience > 0:
+            raise ConfigError(
+                "training.early_stopping_patience",
+                "needs validation rows held out of training: set training.holdout=true, or fix training.epochs "
+                "by cross-validation (`weldray cv`) and keep early_stopping_patience=0",
+            )
         if self.mix_real_ratio == 0:
             raise ConfigError("training.mix_real_ratio", "must be > 0: a batch needs real images")

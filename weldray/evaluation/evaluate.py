@@ -14,14 +14,14 @@ log = logging.getLogger(__name__)
 
 
 def _rows_for(
-    manifest: pd.DataFrame, same_data: bool, run_cv_fold: int | None, mode: str
+    manifest: pd.DataFrame, same_data: bool, run_cv_fold: int | None, mode: str, run_holdout: bool = False
 ) -> tuple[pd.DataFrame, str]:
     from weldray.data.ray_dataset import select_rows
     from weldray.training.data import split_rows
 
     if mode == "auto":
         if same_data:
-            split = split_rows(manifest, run_cv_fold)
+            split = split_rows(manifest, run_cv_fold, run_holdout)
             return split.test, f"held-out rows of the training data ({split.description})"
         return select_rows(manifest), "all rows (a dataset the run did not train on)"
     if mode == "all":
@@ -48,10 +48,15 @@ def evaluate(run_dir: str | Path, cfg: WeldrayConfig) -> Path:
     sha = manifest_sha256(manifest_path)
     same = sha == meta.manifest_sha256
     run_cfg_file = run_dir / "config.yaml"
-    cv_fold = (
-        yaml.safe_load(run_cfg_file.read_text())["training"]["cv_fold"] if run_cfg_file.is_file() else None
-    )
-    rows, what = _rows_for(manifest, same, cv_fold, cfg.training.eval_split)
+    run_training = yaml.safe_load(run_cfg_file.read_text())["training"] if run_cfg_file.is_file() else {}
+    cv_fold, holdout = run_training.get("cv_fold"), run_training.get("holdout", True)
+    rows, what = _rows_for(manifest, same, cv_fold, cfg.training.eval_split, holdout)
+    if rows.empty and same and cv_fold is None and not holdout:
+        raise ValueError(
+            f"{run_dir} is a final fit on every row of {manifest_path}: none is held out to evaluate on. Its "
+            "figures are the out-of-fold ones of `weldray cv` (metrics.json 'evaluation'); evaluate it on "
+            "other photos, or train with training.holdout=true for a held-out test split"
+        )
     if rows.empty:
         raise ValueError(f"no rows to evaluate in {manifest_path} ({what})")
     unknown = set(manifest["label"]) - set(meta.classes)

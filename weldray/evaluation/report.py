@@ -123,21 +123,59 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+PREDICTIONS_FILE = "predictions.parquet"
+
+
 def evaluate_rows(
-    model: Any, meta: Any, rows: pd.DataFrame, out_dir: Path, cfg: WeldrayConfig, *, title: str
+    model: Any,
+    meta: Any,
+    rows: pd.DataFrame,
+    out_dir: Path,
+    cfg: WeldrayConfig,
+    *,
+    title: str,
+    calibration: str = "fitted on the validation split",
 ) -> dict[str, Any]:
-    """Evaluate ``rows`` (manifest rows) and write ``out_dir/report.md`` + PNGs; returns the metrics."""
+    """Evaluate ``rows`` (manifest rows) and write ``out_dir/report.md`` + PNGs and the raw logits per row
+    (``predictions.parquet``, which cross-validation pools); returns the metrics."""
+    logits = predict_logits(model, rows["path"].tolist(), meta.image_size, tta=cfg.training.tta)
     out_dir.mkdir(parents=True, exist_ok=True)
-    classes, temp = list(meta.classes), float(meta.temperature)
-    paths, labels = rows["path"].tolist(), rows["label_index"].to_numpy()
-    tta = cfg.training.tta
-    logits = predict_logits(model, paths, meta.image_size, tta=tta)
+    rows[["path", "label_index"]].assign(logits=[np.asarray(z).tolist() for z in logits]).to_parquet(
+        out_dir / PREDICTIONS_FILE, index=False
+    )
+    return report_from_logits(
+        logits, rows, list(meta.classes), float(meta.temperature), out_dir, title=title, calibration=calibration
+    )
+
+
+def read_predictions(out_dir: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The rows and logits (``[N, C]``, or ``[N, V, C]`` with TTA) that :func:`evaluate_rows` wrote."""
+    df = pd.read_parquet(out_dir / PREDICTIONS_FILE)
+    return df[["path", "label_index"]], np.array([np.stack(z) if z.dtype == object else z for z in df["logits"]])
+
+
+def report_from_logits(
+    logits: np.ndarray,
+    rows: pd.DataFrame,
+    classes: list[str],
+    temp: float,
+    out_dir: Path,
+    *,
+    title: str,
+    calibration: str,
+) -> dict[str, Any]:
+    """Metrics, plots and ``report.md`` for given logits (one model's, or pooled out-of-fold ones)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = rows.reset_index(drop=True)
+    labels = rows["label_index"].to_numpy()
+    tta = logits.ndim == 3
     single = logits[:, 0] if tta else logits  # view 0 is the identity
     raw, calibrated = softmax(single, 1.0), softmax(single, temp)
     res: dict[str, Any] = {
         "title": title,
         "n": len(rows),
         "temperature": temp,
+        "calibration": calibration,
         "single_view": classification_metrics(labels, calibrated, classes),
         "ece_before_temperature": expected_calibration_error(raw, labels),
         "ece_after_temperature": expected_calibration_error(calibrated, labels),
@@ -195,7 +233,7 @@ def _markdown(res: dict[str, Any], classes: list[str], *, has_gallery: bool) -> 
     lines = [
         f"# Evaluation: {res['title']}",
         "",
-        f"{res['n']} images; temperature {res['temperature']:.3f} (fitted on the validation split).",
+        f"{res['n']} images; temperature {res['temperature']:.3f} ({res['calibration']}).",
         "",
         "| metric | " + " | ".join(c for c, _ in cols) + " |",
         "|---|" + "---|" * len(cols),

@@ -1,30 +1,56 @@
-"""K-fold group cross-validation: one training run per fold (fold k held out as the test set)."""
+"""K-fold group cross-validation: one training run per fold (fold k held out as the test set), and the
+pooled out-of-fold predictions that judge and calibrate the final fit of the same recipe."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from weldray.config import WeldrayConfig
 
 log = logging.getLogger(__name__)
 
+# Training keys that say which rows a run sees or what it is called, not how it trains.
+_NOT_RECIPE = ("cv_fold", "run_name", "holdout", "tta", "eval_split")
+
+
+def recipe_fingerprint(cfg: WeldrayConfig) -> str:
+    """Hash of what decides the trained model (data, model, training recipe, seed): equal for a CV and
+    the final fit of the same command line, whichever fold or run name each has."""
+    training = {k: v for k, v in asdict(cfg.training).items() if k not in _NOT_RECIPE}
+    blob = {"data": asdict(cfg.data), "model": asdict(cfg.model), "training": training, "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def cv_name(cfg: WeldrayConfig) -> str:
+    return f"cv-{recipe_fingerprint(cfg)[:6]}"
+
+
+def cv_summary_path(cfg: WeldrayConfig, name: str | None = None) -> Path:
+    """``<output_dir>/cv/<name>.json``; the default name is the recipe's, so ``weldray train`` finds it."""
+    return Path(cfg.output_dir) / "cv" / f"{name or cv_name(cfg)}.json"
+
 
 def cross_validate(
     cfg: WeldrayConfig, folds: list[int] | None = None, *, name: str | None = None
 ) -> dict[str, Any]:
-    """Train one run per fold; returns (and writes ``<output_dir>/cv/<name>.json``) per-fold and
-    mean +- std balanced accuracy on the held-out folds."""
+    """Train one run per fold; returns (and writes ``<output_dir>/cv/<name>.json``) per-fold and mean +- std
+    balanced accuracy on the held-out folds, and the pooled out-of-fold figures with the temperature fitted
+    on them (``oof_temperature``) and their report (``<output_dir>/cv/<name>/report.md``)."""
+    from weldray.evaluation.metrics import fit_temperature
+    from weldray.evaluation.report import read_predictions, report_from_logits
     from weldray.training.trainer import train
 
     folds = list(range(cfg.data.n_folds)) if folds is None else folds
-    name = name or cfg.training.run_name or f"cv-{cfg.fingerprint()[:6]}"
-    results = []
+    name = name or cv_name(cfg)
+    results, oof_rows, oof_logits = [], [], []
     for k in folds:
         fold_cfg = replace(cfg, training=replace(cfg.training, cv_fold=k, run_name=f"{name}-fold{k}"))
         run_dir = train(fold_cfg)
@@ -42,16 +68,34 @@ def cross_validate(
             row["tta_balanced_accuracy"] = m["test"]["tta"]["balanced_accuracy"]
         log.info("fold %d: balanced accuracy %.3f", k, row["balanced_accuracy"])
         results.append(row)
+        rows, logits = read_predictions(run_dir / "report")
+        oof_rows.append(rows.assign(fold=k))
+        oof_logits.append(logits)
     bal = np.array([r["balanced_accuracy"] for r in results])
-    summary = {
+    summary: dict[str, Any] = {
         "name": name,
+        "recipe_fingerprint": recipe_fingerprint(cfg),
         "folds": results,
         "balanced_accuracy_mean": float(bal.mean()),
         "balanced_accuracy_std": float(bal.std(ddof=1)) if len(bal) > 1 else 0.0,
     }
     if all("tta_balanced_accuracy" in r for r in results):
         summary["tta_balanced_accuracy_mean"] = float(np.mean([r["tta_balanced_accuracy"] for r in results]))
-    out = Path(cfg.output_dir) / "cv" / f"{name}.json"
+
+    # Every held-out row once, each predicted by the model that never saw it.
+    rows, logits = pd.concat(oof_rows, ignore_index=True), np.concatenate(oof_logits)
+    single = logits[:, 0] if logits.ndim == 3 else logits
+    temperature = fit_temperature(single, rows["label_index"].to_numpy())
+    out = cv_summary_path(cfg, name)
+    classes = cfg.data.labels
+    report = report_from_logits(
+        logits, rows, classes, temperature, out.with_suffix(""),
+        title=f"{name}: out-of-fold predictions of {len(folds)} of {cfg.data.n_folds} folds",
+        calibration=f"fitted on these {len(rows)} out-of-fold predictions",
+    )
+    summary["oof_temperature"] = temperature
+    summary["oof"] = {"n": len(rows), **{k: v for k, v in report["single_view"].items() if isinstance(v, float)}}
+    summary["report"] = str(out.with_suffix("") / "report.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     summary["path"] = str(out)
     out.write_text(json.dumps(summary, indent=2))

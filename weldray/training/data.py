@@ -19,12 +19,19 @@ class SplitRows:
     description: str
 
 
-def split_rows(manifest: pd.DataFrame, cv_fold: int | None) -> SplitRows:
-    """Train/val/test rows. With ``cv_fold=k`` fold k is the test set, the other folds' ``val``
-    rows are the validation set (early stopping, temperature) and the rest train: the held-out
-    fold never influences training."""
+def split_rows(manifest: pd.DataFrame, cv_fold: int | None, holdout: bool = False) -> SplitRows:
+    """Train/val/test rows.
+
+    Without ``holdout`` (the default) every labelled row trains: the deployable final fit, or with
+    ``cv_fold=k`` every row outside fold k, which is the test set. With ``holdout`` the manifest's val
+    rows (of the other folds, with ``cv_fold``) are held out for validation (early stopping, temperature)
+    and, without ``cv_fold``, its test rows for a test figure. The held-out fold never influences training.
+    """
     rows = select_rows(manifest)
+    empty = rows.iloc[0:0].reset_index(drop=True)
     if cv_fold is None:
+        if not holdout:
+            return SplitRows(rows.reset_index(drop=True), empty, empty, f"final fit on all {len(rows)} labelled rows")
         parts = {s: rows[rows["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
         return SplitRows(parts["train"], parts["val"], parts["test"], "manifest splits train/val/test")
     n_folds = int(rows["fold"].max()) + 1
@@ -33,7 +40,7 @@ def split_rows(manifest: pd.DataFrame, cv_fold: int | None) -> SplitRows:
             f"training.cv_fold={cv_fold} but the manifest has {n_folds} folds (0..{n_folds - 1})"
         )
     held = rows["fold"] == cv_fold
-    val = ~held & (rows["split"] == "val")
+    val = (~held & (rows["split"] == "val")) if holdout else pd.Series(False, index=rows.index)
     return SplitRows(
         rows[~held & ~val].reset_index(drop=True),
         rows[val].reset_index(drop=True),
@@ -84,8 +91,8 @@ class Augment:
 def build_datasets(
     splits: SplitRows, image_sizes: list[int], eval_size: int, *, augment: bool, num_cpus: float
 ) -> dict[str, Any]:
-    """``{"train_<size>": ..., "val": ...}``: decoded once (materialised) at the largest size
-    plus crop headroom, then resized/augmented lazily per epoch in ``map_batches``."""
+    """``{"train_<size>": ..., "val": ...}`` (no "val" without validation rows): decoded once (materialised)
+    at the largest size plus crop headroom, then resized/augmented lazily per epoch in ``map_batches``."""
     from weldray.data import read_manifest_dataset
 
     decode_size = int(round(max(image_sizes) * 1.15 / 8) * 8)
@@ -96,8 +103,9 @@ def build_datasets(
         )
         for s in sorted(set(image_sizes))
     }
-    val = read_manifest_dataset(splits.val, image_size=eval_size, num_cpus=num_cpus).materialize()
-    datasets["val"] = val.map_batches(
-        Augment(eval_size, False), batch_size=32, batch_format="numpy", num_cpus=num_cpus
-    )
+    if not splits.val.empty:  # a final fit holds nothing out
+        val = read_manifest_dataset(splits.val, image_size=eval_size, num_cpus=num_cpus).materialize()
+        datasets["val"] = val.map_batches(
+            Augment(eval_size, False), batch_size=32, batch_format="numpy", num_cpus=num_cpus
+        )
     return datasets

@@ -274,7 +274,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mlflow.set_experiment("weldray")
         mlflow.start_run(run_name=config["run_id"])
 
-    val_shard = ray.train.get_dataset_shard("val")
+    # A final fit holds no validation rows out: no per-epoch validation, and the run keeps its final weights.
+    val_shard = ray.train.get_dataset_shard("val") if config["has_val"] else None
     epochs = cfg["epochs"]
     for epoch in range(start_epoch, epochs):
         size = phase_size(epoch, epochs, cfg["image_sizes"])
@@ -299,9 +300,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "images_per_s": seen * world / max(train_time, 1e-9),
             "epoch_time_s": train_time,
             "resumed_from": resumed_from,
-            **validate(step.eval_model(model), val_shard.iter_torch_batches(batch_size=64, device=device)),
         }
-        score = selection_score(metrics)
+        if val_shard is not None:
+            metrics.update(validate(step.eval_model(model), val_shard.iter_torch_batches(batch_size=64, device=device)))
+        score = selection_score(metrics) if val_shard is not None else float(epoch)
         improved = score > best_score
         if improved:
             best_score, bad_epochs = score, 0
@@ -330,10 +332,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=epoch
             )
         if rank == 0:
+            val = (
+                f"val_bal_acc {metrics['val_bal_acc']:.3f} val_loss {metrics['val_loss']:.3f} "
+                if val_shard is not None
+                else ""
+            )
             print(
                 f"[weldray train] epoch {epoch + 1}/{epochs} size {size} loss {metrics['train_loss']:.3f} "
-                f"val_bal_acc {metrics['val_bal_acc']:.3f} val_loss {metrics['val_loss']:.3f} "
-                f"{metrics['images_per_s']:.1f} img/s {train_time:.0f}s",
+                f"{val}{metrics['images_per_s']:.1f} img/s {train_time:.0f}s",
                 flush=True,
             )
             with tempfile.TemporaryDirectory() as tmp:

@@ -123,6 +123,7 @@ def fit(
         "classes": classes,
         "class_weights": class_weights(splits.train["label_index"].to_numpy(), len(classes)),
         "n_train": len(splits.train),
+        "has_val": not splits.val.empty,
         "seed": cfg.seed,
         "torch_threads": plan["torch_threads"],
         "run_id": run_id,
@@ -159,6 +160,41 @@ def _read_state(checkpoint: Any) -> dict[str, Any]:
         return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
 
 
+def _evaluation_source(cfg: WeldrayConfig, splits: Any) -> dict[str, Any]:
+    """Where this run's figures and, without validation rows, its temperature come from.
+
+    A final fit (nothing held out) is judged by the out-of-fold predictions of ``weldray cv`` of the same
+    recipe (found by :func:`~weldray.training.cv.cv_summary_path`); a CV fold or a holdout run by its
+    own held-out rows.
+    """
+    from weldray.training.cv import cv_summary_path
+
+    if not splits.test.empty:
+        return {"source": f"held-out rows ({splits.description})", "calibration": "none (T=1)"}
+    if not splits.val.empty:
+        return {"source": "none: no test rows held out", "calibration": "validation rows"}
+    path = cv_summary_path(cfg)
+    if not path.is_file():
+        log.warning(
+            "final fit on every labelled row, and no cross-validation of this recipe at %s: the model is "
+            "uncalibrated (T=1) and its accuracy unknown. Run `weldray cv DATA` with the same overrides first",
+            path,
+        )
+        return {
+            "source": None, "calibration": "none (T=1): no cross-validation of this recipe", "cv_summary": str(path)
+        }
+    summary = json.loads(path.read_text())
+    k = len(summary["folds"])
+    return {
+        "source": f"out-of-fold predictions of {k}-fold group cross-validation of this recipe",
+        "calibration": f"fitted on {summary['oof']['n']} out-of-fold predictions ({k} of {cfg.data.n_folds} folds)",
+        "cv_summary": str(path),
+        "oof_temperature": summary["oof_temperature"],
+        "oof": summary["oof"],
+        "folds": [f["fold"] for f in summary["folds"]],
+    }
+
+
 def train(cfg: WeldrayConfig) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
     return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
@@ -183,10 +219,11 @@ def train(cfg: WeldrayConfig) -> Path:
     manifest_path = resolve_dataset(cfg)
     manifest = load_manifest(manifest_path)
     classes = cfg.data.labels
-    splits = split_rows(manifest, cfg.training.cv_fold)
-    if splits.train.empty or splits.val.empty:
+    splits = split_rows(manifest, cfg.training.cv_fold, cfg.training.holdout)
+    if splits.train.empty or (cfg.training.holdout and splits.val.empty):
         raise ValueError(
-            f"{manifest_path}: empty train ({len(splits.train)}) or val ({len(splits.val)}) rows"
+            f"{manifest_path}: empty train ({len(splits.train)}) or, with training.holdout, val "
+            f"({len(splits.val)}) rows"
         )
 
     initial = initial_model(cfg, classes)
@@ -200,9 +237,15 @@ def train(cfg: WeldrayConfig) -> Path:
     model.load_state_dict(state["kept_model"])
     model.eval()
     torch.set_num_threads(os.cpu_count() or 1)
-    val_logits = predict_logits(model, splits.val["path"].tolist(), cfg.model.image_size)
-    temperature = fit_temperature(val_logits, splits.val["label_index"].to_numpy())
-    log.info("temperature fitted on %d validation images: %.3f", len(splits.val), temperature)
+    evaluation = _evaluation_source(cfg, splits)
+    if not splits.val.empty:
+        val_logits = predict_logits(model, splits.val["path"].tolist(), cfg.model.image_size)
+        temperature = fit_temperature(val_logits, splits.val["label_index"].to_numpy())
+        calibration = f"fitted on {len(splits.val)} validation images"
+    else:
+        temperature = float(evaluation.get("oof_temperature", 1.0))
+        calibration = evaluation["calibration"]
+    log.info("temperature %.3f (%s)", temperature, calibration)
 
     train_time = time.perf_counter() - t0
     meta = CheckpointMeta(
@@ -212,7 +255,11 @@ def train(cfg: WeldrayConfig) -> Path:
         temperature=temperature,
         run_id=run_id,
         manifest_sha256=manifest_sha256(manifest_path),
-        metrics={k: v for k, v in state["kept_metrics"].items() if isinstance(v, (int, float, str))},
+        metrics={
+            **{k: v for k, v in state["kept_metrics"].items() if isinstance(v, (int, float, str))},
+            **{f"cv_{k}": v for k, v in evaluation.get("oof", {}).items() if isinstance(v, (int, float))},
+            "evaluation_source": evaluation["source"],
+        },
     )
     save_checkpoint(run_dir / "model.pt", model, meta)
     summary: dict[str, Any] = {
@@ -223,6 +270,8 @@ def train(cfg: WeldrayConfig) -> Path:
         "n_val": len(splits.val),
         "n_test": len(splits.test),
         "temperature": temperature,
+        "calibration": calibration,
+        "evaluation": evaluation,
         "kept": state["kept_metrics"],
         "history": state["history"],
         "epochs_run": len(state["history"]),
@@ -237,6 +286,7 @@ def train(cfg: WeldrayConfig) -> Path:
             run_dir / "report",
             cfg,
             title=f"{run_id}: held-out {splits.description}",
+            calibration=calibration,
         )
     summary["total_wall_s"] = round(time.perf_counter() - t0, 1)
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
