@@ -8,6 +8,7 @@ Prints one JSON line: {"job_id", "tasks": {name: node_id}, "nodes": [alive node 
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import ray
@@ -16,8 +17,14 @@ from ray.util.scheduling_strategies import In, NodeLabelSchedulingStrategy
 
 @ray.remote(num_cpus=1)
 def where(name: str) -> dict[str, str]:
-    """Report the node this task ran on (the state API records the same node id)."""
-    return {"name": name, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    """Report the node this task ran on (the state API records the same node id) and the cluster address
+    the task's own Ray helpers would auto-detect."""
+    return {
+        "name": name,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "host": socket.gethostname(),
+        "ray_address": os.environ.get("RAY_ADDRESS", ""),
+    }
 
 
 def main() -> None:
@@ -30,12 +37,12 @@ def main() -> None:
             scheduling_strategy=NodeLabelSchedulingStrategy(hard={"weldray/role": In("worker")}),
         ).remote("label_worker"),
     ]
-    tasks = {r["name"]: r["node_id"] for r in ray.get(refs)}
+    results = ray.get(refs)
+    tasks = {r["name"]: r["node_id"] for r in results}
+    addresses = {r["name"]: r["ray_address"] for r in results}
     nodes = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
-    print(
-        json.dumps({"job_id": ray.get_runtime_context().get_job_id(), "tasks": tasks, "nodes": nodes}),
-        flush=True,
-    )
+    report = {"job_id": ray.get_runtime_context().get_job_id(), "tasks": tasks, "nodes": nodes, "addresses": addresses}
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

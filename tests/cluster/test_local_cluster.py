@@ -59,6 +59,9 @@ def test_job_runs_on_both_nodes_and_its_logs_come_back(
     assert (
         report["tasks"]["worker"] != head_id and report["tasks"]["label_worker"] == report["tasks"]["worker"]
     )
+    # Workers on both nodes know their cluster: Ray Train's placement-group cleaner and the state API never
+    # auto-detect another Ray instance on the machine (two clusters, or a cluster beside a local run).
+    assert set(report["addresses"].values()) == {two_node_cluster.gcs_address}
 
     # The cluster's own task records (state API) agree: this job's tasks ran on both nodes.
     tasks = two_node_cluster.list_tasks(result.job_id)

@@ -155,10 +155,14 @@ class LocalCluster:
         return auth_headers(self.token_path.read_text().strip())
 
     def env(self) -> dict[str, str]:
-        """Environment for ``ray start`` and this cluster's clients: token mode, our token file, our venv."""
-        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", TOKEN_ENV)}
+        """Environment for ``ray start`` and this cluster's clients: token mode, our token file, our venv,
+        and this cluster's address as ``RAY_ADDRESS``. Every worker inherits it from its node, so Ray's
+        helpers that find "the" cluster by auto-detection (Ray Train's placement-group cleaner, the state
+        API) reach this one even while another Ray instance runs on the machine."""
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV}
         venv_bin = str(Path(sys.executable).parent)
         env |= {
+            "RAY_ADDRESS": self.gcs_address,
             MODE_ENV: "token",
             TOKEN_PATH_ENV: str(self.token_path),
             # `python` in a job entrypoint must be this environment's interpreter.
@@ -322,7 +326,8 @@ class LocalCluster:
         from ray.util.state.common import ListApiOptions, StateResource
 
         return self._state_list(
-            StateResource.TASKS, ListApiOptions(filters=[("job_id", "=", job_id)], detail=True)
+            # Every task: the state API's default limit (100) cuts a pipeline job's list short.
+            StateResource.TASKS, ListApiOptions(filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
         )
 
     def _state_list(self, resource: Any, options: Any) -> list[dict[str, Any]]:
