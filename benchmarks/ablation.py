@@ -44,6 +44,8 @@ RECIPES: dict[str, list[str]] = {
         "training.epochs=10",
     ],
     "no_weight_ema": ["training.ema_decay=0.0"],
+    # Twice the epochs (the plain 24-epoch fine-tune of issue 15 trains that long).
+    "epochs_24": ["training.epochs=24"],
     "discriminative_lr_0.1": ["training.backbone_lr_mult=0.1"],
     "no_mixup_cutmix": ["training.mixup_prob=0.0"],
     "softmax_head": ["model.head=softmax"],

@@ -58,7 +58,7 @@ def bench(model, size: int, threads: int, runs: int, label: str, n_agree: int, f
 
     from weldray.export.onnx_export import export_onnx
     from weldray.export.parity import compare, session_probabilities
-    from weldray.export.quantize import quantize_int8
+    from weldray.export.quantize import Int8Setting, preprocess, quantize_int8
     from weldray.inference import create_session
 
     x_agree = _inputs(size, n_agree)
@@ -66,8 +66,9 @@ def bench(model, size: int, threads: int, runs: int, label: str, n_agree: int, f
     x1 = x16[:1]
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = export_onnx(model, Path(tmp) / "m.onnx", size)
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         int8_path = quantize_int8(
-            fp32_path, Path(tmp) / "m.int8.onnx", _inputs(size, 64, offset=1), float_layers=float_layers
+            pre, Path(tmp) / "m.int8.onnx", _inputs(size, 64, offset=1), Int8Setting(float_layers)
         )
         paths = {"ort fp32": fp32_path, "ort int8": int8_path}
         agree = compare(

@@ -118,3 +118,107 @@ def test_predict_cli_prints_json_lines(model_path: Path, photo: Path, tmp_path: 
     lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert lines[0]["image"] == str(photo) and lines[0]["class"] in CLASSES
     assert lines[1]["error"] == "corrupt"
+
+
+def test_predict_batch_runs_in_chunks_with_flat_memory(model_path: Path, procedural_dir: Path) -> None:
+    """Any number of images: results equal per-image predictions, and the memory held at once is one
+    chunk's, not the whole list's (a lazy iterable is read as it goes)."""
+    import tracemalloc
+
+    from weldray.inference import WeldClassifierInference
+
+    clf = WeldClassifierInference(model_path, providers="cpu")
+    photos = sorted(procedural_dir.glob("*/*.jpg"))[:10]
+    chunked = clf.predict_batch(photos, batch_size=4)  # chunks of 4, 4 and 2
+    for photo, res in zip(photos, chunked, strict=True):
+        assert res["probabilities"] == pytest.approx(clf.predict(photo)["probabilities"], abs=1e-5)
+
+    def peak(n: int) -> int:
+        images = (np.full((400, 400, 3), i % 255, np.uint8) for i in range(n))  # 0.5 MB each, made on demand
+        tracemalloc.start()
+        try:
+            assert sum(1 for _ in clf.iter_predict(images, batch_size=4)) == n
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    assert peak(64) < 1.5 * peak(8)  # 8x the images, not 8x the memory
+    with pytest.raises(ValueError, match="batch_size"):
+        clf.predict_batch(photos, batch_size=0)
+
+
+def test_iter_predict_can_report_bad_images_in_place(model_path: Path, photo: Path) -> None:
+    from weldray.inference import WeldClassifierInference
+
+    clf = WeldClassifierInference(model_path, providers="cpu")
+    out = list(clf.iter_predict([photo, b"plain text", photo], batch_size=2, skip_errors=True))
+    assert out[0]["class"] in CLASSES and out[2] == out[0]
+    assert out[1]["error"] == "unsupported_format" and "reason" in out[1]
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory: pytest.TempPathFactory, procedural_dir: Path) -> Path:
+    """An export with fp32 and INT8 models (the gate relaxed: untrained weights are near ties)."""
+    result = export_small(
+        tmp_path_factory.mktemp("int8"), procedural_dir, fmt="int8", n=4,
+        overrides=("export.min_int8_agreement=0.5", "export.int8_float_layers=[0]"),
+    )
+    return Path(result.artefacts["onnx"])
+
+
+def _set_gate(fp32: Path, **gate: object) -> None:
+    import json
+
+    side = fp32.with_name(fp32.stem + ".int8.json")
+    data = json.loads(side.read_text())
+    data["checks"]["gate"].update(gate)
+    side.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("precision", "gate", "expected", "why"),
+    [
+        ("auto", {"passed": True, "faster_than_fp32": True}, "int8", "passed its agreement gate"),
+        ("auto", {"passed": True, "faster_than_fp32": False}, "fp32", "did not pass"),
+        ("auto", {"passed": False, "faster_than_fp32": True}, "fp32", "did not pass"),
+        ("fp32", {"passed": True, "faster_than_fp32": True}, "fp32", "fp32 requested"),
+        ("int8", {"passed": True, "faster_than_fp32": True}, "int8", "int8 requested"),
+    ],
+)
+def test_precision_picks_the_int8_model_only_when_its_gate_allows(
+    int8_export: Path, precision: str, gate: dict, expected: str, why: str
+) -> None:
+    from weldray.inference import WeldClassifierInference
+
+    _set_gate(int8_export, **gate)
+    clf = WeldClassifierInference(int8_export, providers="cpu", precision=precision)
+    assert clf.metadata["precision"] == expected and why in clf.metadata["precision_choice"]
+    assert clf.model_path.endswith(".int8.onnx") == (expected == "int8")
+
+
+def test_precision_int8_without_a_passing_int8_model_is_a_clear_error(int8_export: Path, model_path: Path) -> None:
+    from weldray.inference import WeldClassifierInference
+
+    _set_gate(int8_export, passed=False)
+    with pytest.raises(FileNotFoundError, match="no INT8 model that passed"):
+        WeldClassifierInference(int8_export, providers="cpu", precision="int8")
+    # An export without INT8: auto serves fp32 and says why.
+    clf = WeldClassifierInference(model_path, providers="cpu", precision="auto")
+    assert clf.metadata["precision"] == "fp32" and "no INT8 model exported" in clf.metadata["precision_choice"]
+
+
+def test_predict_cli_reads_folders_with_progress(model_path: Path, procedural_dir: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from weldray.cli import app
+
+    out = CliRunner().invoke(
+        app, ["predict", str(model_path), str(procedural_dir), "--batch-size", "4", "serve.provider=cpu"]
+    )
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    n = len(list(procedural_dir.glob("*_welds/*.jpg")))
+    assert len(lines) == n and all(line["class"] in CLASSES for line in lines)
+    assert "predicting" in out.stderr

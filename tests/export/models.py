@@ -9,17 +9,35 @@ CLASSES = ["good_weld", "bad_weld"]
 
 
 def make_checkpoint(
-    path: Path, backbone: str = "efficientnet_lite0", image_size: int = 64, seed: int = 0
+    path: Path,
+    backbone: str = "efficientnet_lite0",
+    image_size: int = 64,
+    seed: int = 0,
+    borderline: list[str] | None = None,
 ) -> Path:
-    """A random-weight classifier checkpoint (no training: parity does not need accuracy)."""
+    """A random-weight classifier checkpoint (no training: parity does not need accuracy).
+
+    ``borderline``: images to put on the decision boundary: a softmax head whose bias splits their logit
+    differences at the median, so that any rounding (INT8) flips the argmax of the images nearest to it.
+    """
+    import numpy as np
     import torch
 
     from weldray.config import ModelConfig
+    from weldray.export.parity import load_inputs
     from weldray.models import CheckpointMeta, build_classifier, save_checkpoint
 
     torch.manual_seed(seed)
-    cfg = ModelConfig(backbone=backbone, pretrained=False, image_size=image_size)
+    cfg = ModelConfig(
+        backbone=backbone, pretrained=False, image_size=image_size, head="softmax" if borderline else "arcface"
+    )
     model = build_classifier(cfg, len(CLASSES), pretrained=False, classes=CLASSES).eval()
+    if borderline:
+        with torch.no_grad():
+            z = model(torch.from_numpy(load_inputs(borderline, image_size)[0])).numpy()
+            d = np.sort(z[:, 1] - z[:, 0])
+            k = len(d) // 2
+            model.head.fc.bias[1] -= float(d[k - 1] + d[k]) / 2  # between two images: no exact tie
     path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
         path,

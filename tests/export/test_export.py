@@ -95,13 +95,17 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     export threshold is relaxed here and agreement is asserted where fp32 is decisive."""
     import onnx
 
-    from weldray.config import ExportConfig
     from weldray.export.parity import load_inputs, session_probabilities
     from weldray.inference import create_session
     from weldray.io import list_files
 
+    k = 12
     result = export_small(
-        tmp_path, real_welds_dir, fmt="int8", n=24, overrides=("export.min_int8_agreement=0.5",)
+        tmp_path,
+        real_welds_dir,
+        fmt="int8",
+        n=24,
+        overrides=("export.min_int8_agreement=0.5", f"export.int8_float_layers=[{k}]", "export.int8_check_images=48"),
     )
     assert result.path.name == "weld_classifier.int8.onnx"
     q = result.report["int8"]
@@ -114,8 +118,7 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     inits = {i.name: i for i in graph.initializer}
     zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
     assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
-    # The first export.int8_float_layers convolutions keep float weights; the later ones are int8.
-    k = ExportConfig().int8_float_layers
+    # The first k convolutions keep float weights; the later ones are int8.
     produced_by = {o: n for n in graph.node for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     quantised = [n.input[1] in produced_by and produced_by[n.input[1]].op_type == "DequantizeLinear" for n in convs]
@@ -131,8 +134,10 @@ def test_int8_static_qdq_agrees_with_fp32(tmp_path: Path, real_welds_dir: Path) 
     assert (p32.argmax(1) == p8.argmax(1))[decisive].all()
 
 
-def test_int8_below_agreement_is_refused(tmp_path: Path, procedural_dir: Path, monkeypatch) -> None:
-    """The INT8 gate: too little agreement with fp32 deletes the INT8 model and says what to change."""
+def test_int8_below_agreement_is_refused_with_the_table_of_tries(
+    tmp_path: Path, procedural_dir: Path, monkeypatch
+) -> None:
+    """The INT8 gate: no setting agreeing with fp32 deletes the INT8 model and lists every setting tried."""
     from weldray.export import ParityError, pipeline
 
     real = pipeline.session_probabilities
@@ -142,11 +147,49 @@ def test_int8_below_agreement_is_refused(tmp_path: Path, procedural_dir: Path, m
         return p[:, ::-1].copy() if session._model_path.endswith(".int8.onnx") else p
 
     monkeypatch.setattr(pipeline, "session_probabilities", flip_int8)
-    with pytest.raises(ParityError, match=r"INT8 vs fp32.*below the required 99.00%.*export.int8_float_layers=24"):
-        export_small(tmp_path, procedural_dir, fmt="int8", n=8)
+    with pytest.raises(ParityError, match=r"INT8 vs fp32: no setting reached the required 99.00%") as err:
+        export_small(tmp_path, procedural_dir, fmt="int8", n=8, overrides=("export.int8_float_layers=[0,4]",))
+    assert "0 float layers, minmax     agreement 0.00%" in str(err.value)
+    assert "4 float layers, minmax     agreement 0.00%" in str(err.value)
     assert not (tmp_path / "onnx" / "weld_classifier.int8.onnx").exists()
     assert not (tmp_path / "onnx" / "weld_classifier.int8.json").exists()
     assert (tmp_path / "onnx" / "weld_classifier.onnx").exists()  # the fp32 model passed its own check
+
+
+def test_int8_search_keeps_the_first_setting_that_passes(tmp_path: Path, real_welds_dir: Path) -> None:
+    """A model on the edge of its decision boundary: all-INT8 flips argmaxes, so the search must go on to a
+    setting that keeps enough of the network in float, and say what it tried; gated on photos the
+    quantiser never calibrated on."""
+    from weldray.io import list_files
+
+    photos = list_files(real_welds_dir, [".jpg"])
+    result = export_small(
+        tmp_path,
+        real_welds_dir,
+        fmt="int8",
+        n=16,
+        borderline=photos,
+        overrides=("export.min_int8_agreement=1.0", "export.int8_float_layers=[0,1000]"),
+    )
+    q = result.report["int8"]
+    assert [(r["float_layers"], r["passed"]) for r in q["search"]] == [(0, False), (1000, True)]
+    assert q["search"][0]["agreement"] < 1.0 and q["float_layers"] == 1000
+    assert q["gate"]["n_images"] == len(photos) - 16 and q["gate"]["agreement"] == 1.0  # every uncalibrated photo
+    side = json.loads(result.path.with_suffix(".json").read_text())
+    assert side["precision"] == "int8" and side["checks"]["gate"]["passed"] and len(side["checks"]["search"]) == 2
+
+
+def test_int8_gate_never_checks_a_calibration_image(procedural_dir: Path, tmp_path: Path) -> None:
+    from weldray.config import load_config
+    from weldray.data.layout import image_files
+    from weldray.export.images import select_check_images
+
+    for extra in ([], ["export.int8_check_images=5"]):
+        cfg = load_config([f"export.check_images={procedural_dir}", "export.calibration_images=8", *extra])
+        images = select_check_images(cfg)
+        assert len(images.calibration) == 8 and not set(images.gate) & set(images.calibration)
+        n_all = len(image_files(str(procedural_dir), cfg.data))
+        assert len(images.gate) == (5 if extra else n_all - 8)
 
 
 def test_tensorrt_needs_gpu(tmp_path: Path, procedural_dir: Path) -> None:

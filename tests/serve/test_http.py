@@ -94,6 +94,8 @@ def test_health_ready_metadata_docs(client: httpx.Client) -> None:
     meta = client.get("/metadata").json()
     assert meta["classes"] == CLASSES and meta["input_size"] == 64 and meta["run_id"] == "test-run"
     assert len(meta["model_version"]) == 12 and meta["limits"]["max_body_bytes"] == MAX_BODY
+    # serve.precision=auto: this export has no INT8 model, so the replica runs fp32 and says why.
+    assert meta["precision"] == "fp32" and meta["precision_choice"] == "auto: no INT8 model exported"
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/predict", "/predict/batch", "/healthz", "/readyz", "/metadata"} <= set(paths)
     assert client.get("/docs").status_code == 200

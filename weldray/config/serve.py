@@ -8,6 +8,7 @@ from weldray.config._base import ConfigError, check_choice, check_positive
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 INGRESSES = ("haproxy", "proxy")
+PRECISIONS = ("auto", "fp32", "int8")
 
 
 @dataclass
@@ -48,6 +49,9 @@ class ServeConfig:
     # Let idle ONNX Runtime threads spin: off, because a replica's decode threads (and the proxy)
     # share the cores; spinning threads starve them and slow everything down.
     ort_spinning: bool = False
+    # Which model of an export a replica runs: auto = the INT8 model on CPU when `weldray export --format int8`
+    # made one that passed its agreement gate and ran faster than fp32, else fp32; fp32 | int8 force one.
+    precision: str = "auto"
     # Average with the horizontally flipped image (2x compute).
     tta: bool = False
     max_body_bytes: int = 20_000_000
@@ -86,6 +90,7 @@ class ServeConfig:
         check_positive("serve.num_gpus_per_replica", self.num_gpus_per_replica, allow_zero=True)
         check_positive("serve.intra_op_threads", self.intra_op_threads, allow_zero=True)
         check_choice("serve.provider", self.provider, PROVIDERS)
+        check_choice("serve.precision", self.precision, PRECISIONS)
         check_choice("serve.ingress", self.ingress, INGRESSES)
         check_positive("serve.drain_period_s", self.drain_period_s, allow_zero=True)
         if not 0.5 <= self.review_threshold <= 1.0:

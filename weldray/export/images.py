@@ -2,7 +2,9 @@
 
 Order: ``export.check_images`` (folder or manifest.parquet) -> the run's own dataset manifest
 (found by its sha256 under ``<output_dir>/datasets``) -> ``data.root``. Parity images come from the
-manifest's held-out splits, calibration images from its training split.
+manifest's held-out splits, calibration images from its training split, and the INT8 gate checks
+every other image (``export.int8_check_images`` caps it): never one the quantiser calibrated on, or
+the gate would grade the INT8 model on its own calibration data.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class NoCheckImagesError(FileNotFoundError):
 class CheckImages:
     parity: list[str]
     calibration: list[str]
+    # The INT8 agreement gate's images: disjoint from ``calibration``.
+    gate: list[str]
     source: str
 
 
@@ -47,7 +51,12 @@ def _from_manifest(path: Path, cfg: WeldrayConfig) -> CheckImages:
             [p for p in train if p not in parity], cfg.export.parity_images - len(parity), cfg.seed
         )
     calibration = _spread(train or held_out, cfg.export.calibration_images, cfg.seed + 1)
-    return CheckImages(parity, calibration, f"manifest {path}")
+    return CheckImages(parity, calibration, _gate(df["path"].tolist(), calibration, cfg), f"manifest {path}")
+
+
+def _gate(paths: list[str], calibration: list[str], cfg: WeldrayConfig) -> list[str]:
+    rest = [p for p in paths if p not in set(calibration)]
+    return _spread(rest, cfg.export.int8_check_images or len(rest), cfg.seed + 2)
 
 
 def _from_folder(root: str, cfg: WeldrayConfig) -> CheckImages:
@@ -59,7 +68,8 @@ def _from_folder(root: str, cfg: WeldrayConfig) -> CheckImages:
     shuffled = _spread(files, len(files), cfg.seed)
     parity = shuffled[: cfg.export.parity_images]
     rest = shuffled[len(parity) :] or shuffled
-    return CheckImages(parity, rest[: cfg.export.calibration_images], f"folder {root}")
+    calibration = rest[: cfg.export.calibration_images]
+    return CheckImages(parity, calibration, _gate(files, calibration, cfg), f"folder {root}")
 
 
 def _from_source(source: str, cfg: WeldrayConfig) -> CheckImages:

@@ -65,7 +65,7 @@ def _remove(*paths: Path) -> None:
         Path(sidecar_path(p)).unlink(missing_ok=True) if p.suffix == ".onnx" else None
 
 
-def _check(name: str, agreement, minimum: float, *artefacts: Path, hint: str = "") -> None:
+def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
     log.info(
         "%s: argmax agreement %.2f%% on %d images, max |dp| %.2e",
         name,
@@ -78,7 +78,7 @@ def _check(name: str, agreement, minimum: float, *artefacts: Path, hint: str = "
         raise ParityError(
             f"{name}: argmax agreement {agreement.argmax_agreement:.2%} on {agreement.n} real images is "
             f"below the required {minimum:.2%} (max |dp| {agreement.max_abs_prob_diff:.3g}); "
-            f"removed {[str(a) for a in artefacts]}" + (f"; {hint}" if hint else "")
+            f"removed {[str(a) for a in artefacts]}"
         )
 
 
@@ -137,7 +137,7 @@ def export_checkpoint(
     int8_source = None
     if fmt == "int8" or cfg.export.tensorrt_precision == "int8":
         result = _export_int8(
-            paths, cfg, sidecar, images.calibration, size, fp32, x_check, p_torch, p_fp32, report
+            paths, cfg, sidecar, images, size, fp32, x_check, p_torch, report
         )
         int8_source = result.path
     if fmt == "tensorrt":
@@ -147,43 +147,94 @@ def export_checkpoint(
     return result
 
 
-def _export_int8(
-    paths, cfg, sidecar, calibration_paths, size, fp32, x_check, p_torch, p_fp32, report
-) -> ExportResult:
+def _export_int8(paths, cfg, sidecar, images, size, fp32, x_check, p_torch, report) -> ExportResult:
+    """Search the INT8 settings (cheapest first) and keep the first whose agreement with fp32 passes the
+    gate on images the quantiser never saw; no candidate passing is a ParityError with the table of tries."""
+    import tempfile
     from dataclasses import replace
 
-    from weldray.export.quantize import quantize_int8
+    from weldray.export.quantize import Int8Setting, preprocess, quantize_int8
     from weldray.inference.providers import create_session
 
-    x_cal, used = load_inputs(calibration_paths, size)
-    float_layers = cfg.export.int8_float_layers
-    quantize_int8(paths["onnx"], paths["int8"], x_cal, input_name=INPUT_NAME, float_layers=float_layers)
-    int8 = create_session(str(paths["int8"]), "CPUExecutionProvider")
-    p_int8 = session_probabilities(int8, x_check, sidecar.temperature)
-    vs_fp32 = compare(p_fp32, p_int8)
-    _check(
-        "ONNX INT8 vs fp32",
-        vs_fp32,
-        cfg.export.min_int8_agreement,
-        paths["int8"],
-        hint=f"keep more leading layers in float: export.int8_float_layers={max(2 * float_layers, 4)} "
-        f"(now {float_layers})",
-    )
+    x_cal, used = load_inputs(images.calibration, size)
+    x_gate, gate_used = load_inputs(images.gate, size)
+    p_gate = session_probabilities(fp32, x_gate, sidecar.temperature)
     one = x_check[:1]
+    fp32_ms = session_latency_ms(fp32, one)
+    minimum = cfg.export.min_int8_agreement
+    settings = [Int8Setting(n, m) for n in cfg.export.int8_float_layers for m in cfg.export.int8_calibration]
+    log.info(
+        "INT8 search: up to %d settings, calibrated on %d images, gated on %d others (agreement >= %.2f%%)",
+        len(settings), len(used), len(gate_used), 100 * minimum,
+    )
+    tried: list[dict[str, Any]] = []
+    chosen = None
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(paths["onnx"], Path(tmp) / "pre.onnx")
+        for setting in settings:
+            quantize_int8(pre, paths["int8"], x_cal, setting, input_name=INPUT_NAME)
+            int8 = create_session(str(paths["int8"]), "CPUExecutionProvider")
+            vs_fp32 = compare(p_gate, session_probabilities(int8, x_gate, sidecar.temperature))
+            row = {
+                "float_layers": setting.float_layers,
+                "calibration": setting.calibration,
+                "agreement": vs_fp32.argmax_agreement,
+                "max_abs_prob_diff": vs_fp32.max_abs_prob_diff,
+                "b1_latency_ms": session_latency_ms(int8, one),
+                "passed": vs_fp32.argmax_agreement >= minimum,
+            }
+            tried.append(row)
+            log.info(
+                "  %-28s agreement %.2f%% (%d images), b1 %.2f ms (fp32 %.2f ms)%s",
+                setting.label, 100 * row["agreement"], vs_fp32.n, row["b1_latency_ms"], fp32_ms,
+                "  <- kept" if row["passed"] else "",
+            )
+            if row["passed"]:
+                chosen = (setting, vs_fp32, int8)
+                break
+    if chosen is None:
+        _remove(paths["int8"])
+        table = "\n".join(
+            f"  {r['float_layers']:>3} float layers, {r['calibration']:<10} agreement {r['agreement']:.2%}, "
+            f"b1 {r['b1_latency_ms']:.2f} ms" for r in tried
+        )
+        raise ParityError(
+            f"ONNX INT8 vs fp32: no setting reached the required {minimum:.2%} argmax agreement on "
+            f"{len(gate_used)} real images not used for calibration; tried:\n{table}\n"
+            "serve the fp32 model, or widen the search (export.int8_float_layers, export.int8_calibration)"
+        )
+    setting, vs_fp32, int8 = chosen
+    gate = {
+        "passed": True,
+        "min_agreement": minimum,
+        "n_images": len(gate_used),
+        "agreement": vs_fp32.argmax_agreement,
+        "b1_latency_ms": tried[-1]["b1_latency_ms"],
+        "fp32_b1_latency_ms": fp32_ms,
+        "faster_than_fp32": tried[-1]["b1_latency_ms"] < fp32_ms,
+    }
     report["int8"] = {
         "calibration_images": len(used),
-        "float_layers": float_layers,
+        "float_layers": setting.float_layers,
+        "calibration": setting.calibration,
+        "gate": gate,
+        "search": tried,
         "vs_fp32": vs_fp32.to_dict(),
-        "vs_torch": compare(p_torch, p_int8).to_dict(),
+        "vs_torch": compare(p_torch, session_probabilities(int8, x_check, sidecar.temperature)).to_dict(),
         "size_mb": paths["int8"].stat().st_size / 1e6,
         "fp32_size_mb": paths["onnx"].stat().st_size / 1e6,
-        "b1_latency_ms": session_latency_ms(int8, one),
-        "fp32_b1_latency_ms": session_latency_ms(fp32, one),
     }
     int8_sidecar = replace(
         sidecar,
         precision="int8",
-        checks={"vs_fp32": vs_fp32.to_dict(), "calibration_images": len(used), "float_layers": float_layers},
+        checks={
+            "vs_fp32": vs_fp32.to_dict(),
+            "gate": gate,
+            "search": tried,
+            "calibration_images": len(used),
+            "float_layers": setting.float_layers,
+            "calibration": setting.calibration,
+        },
     )
     write_sidecar(paths["int8"], int8_sidecar)
     return ExportResult(

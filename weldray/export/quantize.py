@@ -5,12 +5,14 @@ Choices, each measured on this project's models (see README "Export and serving"
 - **uint8 activations, int8 weights (U8S8)**: ONNX Runtime's x86 int8 kernels (AVX512-VNNI /
   AVX2) take unsigned activations; with int8 activations (S8S8) the fused int8 paths are not
   taken and the model ran ~1.7x slower (efficientnet_lite0: 7.7 vs 4.6 ms CPU per image).
-- **leading layers kept in float** (``float_layers``): the stem and first blocks work at the
-  highest resolution with few channels, and their rounding error is carried through the whole
+- **leading layers kept in float** (``Int8Setting.float_layers``): the stem and first blocks work at
+  the highest resolution with few channels, and their rounding error is carried through the whole
   network. Keeping the first 12 Conv layers of the trained efficientnet_lite0 in float raised
   argmax agreement with fp32 on the 263 real photos from 96.2 % to 100 % for little speed
-  (5.6 vs 4.6 ms CPU per image all-int8; fp32 9.4 ms).
-- **MinMax calibration**: Entropy and Percentile gave no better agreement here, at 3-5x the time.
+  (5.6 vs 4.6 ms CPU per image all-int8; fp32 9.4 ms). How many a model needs differs per trained
+  model, so ``weldray export`` searches it (:mod:`weldray.export.pipeline`).
+- **MinMax calibration** first: Entropy and Percentile gave no better agreement on that model, at
+  3-5x the time; the search can try them too (``export.int8_calibration``).
 
 Dynamic quantisation is deliberately not offered: on these conv nets it is 4-5x slower than fp32
 on CPU, because it quantises activations at run time for every layer.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,41 +53,76 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int):
 
 
 def leading_layers(model_path: str | Path, n: int) -> list[str]:
-    """Names of the first ``n`` quantisable nodes (graph order is topological)."""
+    """Names of every node up to and including the ``n``-th quantisable layer (graph order is
+    topological): that prefix of the network runs in float, its activations too, and the model is
+    quantised from there on (``n`` past the last layer: nothing is quantised)."""
     import onnx
 
     nodes = onnx.load(str(model_path), load_external_data=False).graph.node
-    return [node.name for node in nodes if node.op_type in LAYER_OPS][:n]
+    if n <= 0:
+        return []
+    seen = 0
+    for i, node in enumerate(nodes):
+        seen += node.op_type in LAYER_OPS
+        if seen == n:
+            return [node.name for node in nodes[: i + 1]]
+    return [node.name for node in nodes]
+
+
+#: ``export.int8_calibration`` names -> ONNX Runtime calibration methods.
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+
+
+@dataclass(frozen=True)
+class Int8Setting:
+    """One point of the INT8 search: how many leading layers stay float, and how activations are calibrated."""
+
+    float_layers: int
+    calibration: str = "minmax"
+
+    @property
+    def label(self) -> str:
+        return f"{self.float_layers} float layers, {self.calibration}"
+
+
+def preprocess(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """ONNX Runtime's pre-quantisation pass (done once per search, shared by every candidate)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    # Symbolic shape inference chokes on the dynamo graph; ONNX shape inference is enough.
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return Path(out_path)
 
 
 def quantize_int8(
-    fp32_path: str | Path,
+    preprocessed: str | Path,
     out_path: str | Path,
     calibration: np.ndarray,
+    setting: Int8Setting,
     *,
     input_name: str = "input",
-    float_layers: int = 12,
     batch_size: int = 8,
 ) -> Path:
-    """Write a static INT8 QDQ model (U8S8, per-channel weights, MinMax activations) to ``out_path``,
-    with the first ``float_layers`` quantisable layers left in float."""
+    """Write a static INT8 QDQ model (U8S8, per-channel weights) of the :func:`preprocess`-ed model to
+    ``out_path``, with the first ``setting.float_layers`` quantisable layers left in float."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[setting.calibration]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    keep_float = leading_layers(preprocessed, setting.float_layers)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        # Symbolic shape inference chokes on the dynamo graph; ONNX shape inference is enough.
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
-        keep_float = leading_layers(pre, float_layers)
         staged = Path(tmp) / "int8.onnx"
         root = logging.getLogger()
         level = root.level
         root.setLevel(max(level, logging.WARNING))  # the quantiser logs one INFO line per rescaled bias
         try:
             quantize_static(
-                str(pre),
+                str(preprocessed),
                 str(staged),
                 _reader(calibration, input_name, batch_size),
                 quant_format=QuantFormat.QDQ,
@@ -92,15 +130,10 @@ def quantize_int8(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                calibrate_method=method,
             )
         finally:
             root.setLevel(level)
         staged.replace(out_path)
-    log.info(
-        "INT8 model (%d calibration images, first %d layers in float) written to %s",
-        len(calibration),
-        len(keep_float),
-        out_path,
-    )
+    log.debug("INT8 model (%d calibration images, %s) written to %s", len(calibration), setting.label, out_path)
     return out_path

@@ -9,32 +9,50 @@ from pathlib import Path
 import typer
 
 from weldray.cli_utils import exit_on_user_error, print_result
+from weldray.inference.classifier import DEFAULT_BATCH_SIZE
 
 
 def predict(
     model: str = typer.Argument(..., help="Exported .onnx model (its .json sidecar beside it)."),
     images: list[str] = typer.Argument(
-        ..., help="Image files (or s3:// URIs); key=value items are overrides."
+        ..., help="Image files, folders of images or s3:// URIs; key=value items are overrides."
     ),
     provider: str | None = typer.Option(
         None, "--provider", help="auto | cpu | cuda | tensorrt (default serve.provider)."
     ),
     tta: bool | None = typer.Option(None, "--tta/--no-tta", help="Average with the mirrored image."),
+    batch_size: int = typer.Option(
+        DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per forward pass (memory stays flat)."
+    ),
 ) -> None:
     """Classify images; one JSON line per image on stdout (unreadable images get an "error" line)."""
+    from rich.console import Console
+    from rich.progress import track
+
+    from weldray.data.layout import image_files
     from weldray.inference import ProviderError, WeldClassifierInference
-    from weldray.preprocessing import ImageError
+    from weldray.io import is_s3
 
     overrides = [i for i in images if re.fullmatch(r"[A-Za-z_][\w.]*=.*", i) and not Path(i).exists()]
-    paths = [i for i in images if i not in overrides]
     with exit_on_user_error():
         from weldray.config import load_config
 
-        cfg = load_config(overrides).serve
+        config = load_config(overrides)
+        cfg = config.serve
+    paths = [
+        f
+        for item in images
+        if item not in overrides
+        for f in (image_files(item, config.data) if not is_s3(item) and Path(item).is_dir() else [item])
+    ]
+    if not paths:
+        typer.secho(f"predict failed: no images in {[i for i in images if i not in overrides]}", fg="red", err=True)
+        raise typer.Exit(1)
     try:
         clf = WeldClassifierInference(
             model,
             providers=provider or cfg.provider,
+            precision=cfg.precision,
             tta=cfg.tta if tta is None else tta,
             review_threshold=cfg.review_threshold,
             intra_op_threads=cfg.intra_op_threads,
@@ -44,13 +62,13 @@ def predict(
         typer.secho(f"predict failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     failed = 0
-    for path in paths:
-        try:
-            line = {"image": path, **clf.predict(path)}
-        except (ImageError, OSError) as exc:
-            failed += 1
-            line = {"image": path, "error": getattr(exc, "code", "unreadable"), "reason": str(exc)}
-        print(json.dumps(line), flush=True)
+    results = clf.iter_predict(paths, batch_size, skip_errors=True)
+    # Progress on stderr (stdout stays JSON lines); only for more images than one forward pass.
+    if len(paths) > batch_size:
+        results = track(results, total=len(paths), description="predicting", console=Console(stderr=True))
+    for path, result in zip(paths, results, strict=True):
+        failed += "error" in result
+        print(json.dumps({"image": path, **result}), flush=True)
     if failed == len(paths):
         raise typer.Exit(1)
 
@@ -77,9 +95,9 @@ def serve(
 
         cfg = load_config([*(overrides or []), *extra])
     try:
-        from weldray.inference.sidecar import read_sidecar
+        from weldray.inference.sidecar import choose_precision
 
-        read_sidecar(model)
+        choose_precision(model, cfg.serve.precision, cpu=cfg.serve.num_gpus_per_replica == 0)
     except FileNotFoundError as exc:
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

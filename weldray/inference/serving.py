@@ -102,6 +102,7 @@ class WeldService:
         self.infer = WeldClassifierInference(
             model_path,
             providers=provider,
+            precision=options["precision"],
             tta=options["tta"],
             review_threshold=options["review_threshold"],
             intra_op_threads=options["intra_op_threads"],
@@ -336,11 +337,13 @@ def _autoscaling(cfg: ServeConfig) -> dict[str, Any]:
 
 def build_application(model_path: str | Path, cfg: ServeConfig):
     """The Serve application for ``model_path`` (.onnx with its sidecar; local or s3://)."""
-    from weldray.inference.sidecar import read_sidecar
+    from weldray.inference.sidecar import choose_precision
     from weldray.io import is_s3
 
     path = str(model_path) if is_s3(model_path) else str(Path(model_path).resolve())
-    read_sidecar(path)  # fail here, not in a replica, when the sidecar is missing
+    # Fail here, not in a replica, when a sidecar or the requested precision's model is missing.
+    chosen, why = choose_precision(path, cfg.precision, cpu=cfg.num_gpus_per_replica == 0)
+    log.info("replicas serve %s (%s)", chosen, why)
     return WeldService.options(
         autoscaling_config=_autoscaling(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,

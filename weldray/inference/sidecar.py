@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Any
 
 FORMAT_VERSION = 1
+PRECISIONS = ("auto", "fp32", "int8")
+#: ``weldray export`` writes the INT8 model beside the fp32 one: ``x.onnx`` -> ``x.int8.onnx``.
+INT8_SUFFIX = ".int8.onnx"
 
 #: How :func:`weldray.preprocessing.prepare` builds the model input; recorded for non-Python consumers.
 PREPROCESSING: dict[str, Any] = {
@@ -82,3 +85,50 @@ def read_sidecar(model_path: str | Path) -> ModelSidecar:
             "and holds the class names, input size and temperature"
         )
     return ModelSidecar.from_dict(json.loads(read_bytes(path)))
+
+
+def int8_path(fp32_path: str) -> str:
+    """The INT8 artefact ``weldray export --format int8`` writes beside the fp32 model ``fp32_path``."""
+    return fp32_path.removesuffix(".onnx") + INT8_SUFFIX
+
+
+def int8_passed(sidecar: ModelSidecar) -> bool:
+    """The INT8 model passed the export's agreement gate on images it was not calibrated on, and ran faster
+    than its fp32 parent there (sidecars written before the gate's record existed do not count)."""
+    gate = sidecar.checks.get("gate", {})
+    return sidecar.precision == "int8" and bool(gate.get("passed")) and bool(gate.get("faster_than_fp32"))
+
+
+def choose_precision(model_path: str, precision: str, cpu: bool) -> tuple[str, str]:
+    """The model file to load for ``precision`` (auto | fp32 | int8) and why: ``auto`` takes the export's
+    INT8 model on CPU when it passed its gate (:func:`int8_passed`), else the fp32 model. ``model_path``
+    may name either artefact of an export."""
+    from weldray.io import exists
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    given = read_sidecar(model_path)
+    if given.precision not in ("fp32", "int8"):  # TensorRT artefacts: served as built
+        return model_path, f"{given.precision} model as given"
+    fp32 = model_path.removesuffix(INT8_SUFFIX) + ".onnx" if given.precision == "int8" else model_path
+    int8 = int8_path(fp32)
+    if precision == "fp32":
+        if not exists(fp32):
+            raise FileNotFoundError(f"precision fp32: the fp32 model {fp32} of {model_path} is missing")
+        return fp32, "fp32 requested"
+    if given.precision == "int8":
+        return model_path, "INT8 model as given"
+    has_int8 = exists(int8) and exists(sidecar_path(int8))
+    passed = has_int8 and int8_passed(read_sidecar(int8))
+    if precision == "int8":
+        if not passed:
+            raise FileNotFoundError(
+                f"precision int8: no INT8 model that passed the export's agreement gate beside {model_path} "
+                f"(expected {int8}; make it with `weldray export RUN --format int8`)"
+            )
+        return int8, "int8 requested"
+    if not cpu:
+        return fp32, "auto: fp32 on a GPU provider"
+    if passed:
+        return int8, "auto: the export's INT8 model passed its agreement gate"
+    return fp32, "auto: " + ("the INT8 model did not pass its gate" if has_int8 else "no INT8 model exported")
