@@ -220,3 +220,21 @@ def test_tensorrt_engine_parity(tmp_path: Path, procedural_dir: Path) -> None:
     from weldray.inference import WeldClassifierInference
 
     assert WeldClassifierInference(result.path, providers="tensorrt").provider == "TensorrtExecutionProvider"
+
+
+def test_export_cli_int8_prints_the_search_and_the_path(tmp_path: Path, procedural_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from weldray.cli import app
+
+    ckpt = make_checkpoint(tmp_path / "run" / "model.pt")
+    out = tmp_path / "onnx" / "m.onnx"
+    result = CliRunner().invoke(
+        app,
+        ["export", str(ckpt.parent), "--format", "int8", "-o", str(out), f"export.check_images={procedural_dir}",
+         "export.parity_images=4", "export.calibration_images=8", "export.min_int8_agreement=0.5",
+         "export.int8_float_layers=[0]", f"output_dir={tmp_path / 'outputs'}"],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out.with_name("m.int8.onnx"))
+    assert "photos not calibrated on" in result.stderr and "0 float layers, minmax" in result.stderr

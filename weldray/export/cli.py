@@ -43,12 +43,12 @@ def export(
         f"{r['fp32_size_mb']:.1f} MB",
     )
     if "int8" in r:
-        q = r["int8"]
+        q, gate = r["int8"], r["int8"]["gate"]
         table.add_row(
             "ONNX INT8 vs fp32",
             f"{q['vs_fp32']['argmax_agreement']:.2%}",
             f"{q['vs_fp32']['max_abs_prob_diff']:.2e}",
-            f"{q['size_mb']:.1f} MB; b1 {q['b1_latency_ms']:.1f} ms vs fp32 {q['fp32_b1_latency_ms']:.1f} ms",
+            f"{q['size_mb']:.1f} MB; b1 {gate['b1_latency_ms']:.1f} ms vs fp32 {gate['fp32_b1_latency_ms']:.1f} ms",
         )
     if "tensorrt" in r:
         t = r["tensorrt"]
@@ -58,5 +58,12 @@ def export(
             f"{t['vs_fp32']['max_abs_prob_diff']:.2e}",
             f"b1 {t['b1_latency_ms']:.2f} ms",
         )
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    if "int8" in r:
+        q = r["int8"]
+        console.print(
+            f"INT8 search: kept {q['float_layers']} float layers, {q['calibration']} (setting {len(q['search'])} "
+            f"tried); gate on {q['gate']['n_images']} photos not calibrated on", soft_wrap=True
+        )
     print_result(result.path)
