@@ -8,8 +8,11 @@ from weldray.cli_utils import exit_on_user_error, print_result
 
 
 def export(
-    source: str = typer.Argument(..., help="Training run directory (holding model.pt) or a checkpoint file."),
-    overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. export.check_images=DIR."),
+    sources: list[str] = typer.Argument(
+        ...,
+        help="Training run directory (holding model.pt) or checkpoint file; several export one ensemble graph "
+        "(mean of their calibrated probabilities). key=value items are Hydra overrides, e.g. export.check_images=DIR.",
+    ),
     output: str | None = typer.Option(
         None, "--output", "-o", help="fp32 ONNX path (INT8/TensorRT go beside it)."
     ),
@@ -17,18 +20,23 @@ def export(
         None, "--format", "-f", help="onnx | int8 | tensorrt (default export.format)."
     ),
 ) -> None:
-    """Export a checkpoint to ONNX (+ static INT8 or a TensorRT engine), checked against it on real images."""
+    """Export a checkpoint (or an ensemble of several) to ONNX (+ static INT8 or a TensorRT engine), checked
+    against it on real images."""
+    import re
+    from pathlib import Path
+
     from rich.console import Console
     from rich.table import Table
 
     from weldray.export import NoCheckImagesError, ParityError, TensorRTUnavailableError, export_checkpoint
 
+    overrides = [i for i in sources if re.fullmatch(r"[A-Za-z_][\w.]*=.*", i) and not Path(i).exists()]
     with exit_on_user_error():
         from weldray.config import load_config
 
-        cfg = load_config(list(overrides or []))
+        cfg = load_config(overrides)
     try:
-        result = export_checkpoint(source, cfg, fmt=fmt, output=output)
+        result = export_checkpoint([s for s in sources if s not in overrides], cfg, fmt=fmt, output=output)
     except (TensorRTUnavailableError, ParityError, NoCheckImagesError, FileNotFoundError, ValueError) as exc:
         typer.secho(f"export failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,9 +84,16 @@ def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
 
 
 def export_checkpoint(
-    source: str | Path, cfg: WeldrayConfig, *, fmt: str | None = None, output: str | Path | None = None
+    source: str | Path | Sequence[str | Path],
+    cfg: WeldrayConfig,
+    *,
+    fmt: str | None = None,
+    output: str | Path | None = None,
+    temperatures: Sequence[float] | None = None,
 ) -> ExportResult:
-    """Export the checkpoint (file or run dir) ``source`` in ``fmt`` (default ``export.format``)."""
+    """Export the checkpoint (file or run dir) ``source`` in ``fmt`` (default ``export.format``); several
+    sources export as one ensemble graph (:mod:`weldray.export.ensemble`, members calibrated by their own
+    temperatures or ``temperatures``)."""
     import onnxruntime as ort  # noqa: F401  (fail early when missing)
 
     from weldray.export.tensorrt import require_tensorrt
@@ -98,7 +106,17 @@ def export_checkpoint(
     if fmt == "tensorrt":
         require_tensorrt()  # before any work: a CPU machine gets the precise reason at once
     paths = artefact_paths(output or cfg.export.output)
-    model, meta = load_checkpoint(source)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise ValueError("nothing to export: name a training run directory or checkpoint")
+    if len(sources) > 1:
+        from weldray.export.ensemble import load_ensemble
+
+        model, meta = load_ensemble(sources, temperatures)
+    else:
+        model, meta = load_checkpoint(sources[0])
+        if temperatures is not None:
+            meta.temperature = float(temperatures[0])
     size = int(meta.image_size)
     images = select_check_images(cfg, meta.manifest_sha256 or "")
     x_check, used = load_inputs(images.parity, size)
@@ -114,7 +132,8 @@ def export_checkpoint(
         backbone=str(meta.model.get("backbone", "")),
         run_id=meta.run_id or "",
         manifest_sha256=meta.manifest_sha256 or "",
-        source_checkpoint=str(source),
+        source_checkpoint=",".join(str(s) for s in sources),
+        members=list(meta.model.get("ensemble", [])),
         opset=cfg.export.opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )

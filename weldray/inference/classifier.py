@@ -118,6 +118,7 @@ class WeldClassifierInference:
             "precision": self.sidecar.precision,
             "precision_choice": self.precision_choice,
             "backbone": self.sidecar.backbone,
+            "ensemble_members": len(self.sidecar.members),
             "run_id": self.sidecar.run_id,
             "manifest_sha256": self.sidecar.manifest_sha256,
             "created": self.sidecar.created,

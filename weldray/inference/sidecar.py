@@ -45,6 +45,8 @@ class ModelSidecar:
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(PREPROCESSING))
     # Parity / agreement figures measured at export time (see weldray.export).
     checks: dict[str, Any] = field(default_factory=dict)
+    # Ensemble members (source, run id, temperature): the graph averages their calibrated probabilities.
+    members: list[dict[str, Any]] = field(default_factory=list)
     # Execution-provider options the artefact was built for (TensorRT engine cache, profile shapes).
     provider_options: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

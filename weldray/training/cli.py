@@ -45,6 +45,9 @@ def cv(
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
     folds: str | None = typer.Option(None, help="Comma list of folds to run (default: all data.n_folds)."),
     name: str | None = typer.Option(None, help="Name of the CV run (default: cv-<config hash>)."),
+    ensemble: bool = typer.Option(
+        False, "--ensemble", help="Also export the fold models as one ONNX graph (mean calibrated probabilities)."
+    ),
 ) -> None:
     """K-fold group cross-validation: one `weldray train` run per fold, each fold held out once;
     prints per-fold and mean balanced accuracy, and the summary JSON path last."""
@@ -52,6 +55,7 @@ def cv(
 
     from weldray.config import load_config
     from weldray.training import cross_validate
+    from weldray.training.cv import export_fold_ensemble
 
     with exit_on_user_error():
         try:
@@ -59,10 +63,14 @@ def cv(
             summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
         finally:
             ray.shutdown()
+        result = export_fold_ensemble(cfg, summary) if ensemble else None
     for row in summary["folds"]:
         print(f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}")
     print(
         f"mean balanced accuracy {summary['balanced_accuracy_mean']:.3f} "
         f"+- {summary['balanced_accuracy_std']:.3f} over {len(summary['folds'])} folds"
     )
-    print_result(summary["path"])
+    if result is not None:
+        print(f"summary: {summary['path']}")
+        print(f"ensemble of {len(summary['folds'])} fold models (its accuracy is not the CV's): {result.path}")
+    print_result(str(result.path) if result is not None else summary["path"])

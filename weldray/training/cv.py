@@ -100,3 +100,16 @@ def cross_validate(
     summary["path"] = str(out)
     out.write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def export_fold_ensemble(cfg: WeldrayConfig, summary: dict[str, Any], fmt: str | None = None) -> Any:
+    """The CV's fold models as one ONNX ensemble (``<cv dir>/<name>/ensemble/weld_classifier.onnx``), each
+    member calibrated by the out-of-fold temperature. Its accuracy is *not* what the CV measured: every
+    photo trained all members but one, so no fold of this CV is unseen by the ensemble."""
+    from weldray.export import export_checkpoint
+
+    runs = [f["run_dir"] for f in summary["folds"]]
+    output = Path(summary["path"]).with_suffix("") / "ensemble" / "weld_classifier.onnx"
+    return export_checkpoint(
+        runs, cfg, fmt=fmt, output=output, temperatures=[summary["oof_temperature"]] * len(runs)
+    )

@@ -1,0 +1,80 @@
+"""Ensembles exported as one ONNX graph: the mean of the members' calibrated probabilities."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.export.models import CLASSES, make_checkpoint
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("members")
+    return [make_checkpoint(tmp / f"run{seed}" / "model.pt", seed=seed).parent for seed in (0, 1, 2)]
+
+
+@pytest.fixture(scope="module")
+def ensemble(tmp_path_factory: pytest.TempPathFactory, members: list[Path], procedural_dir: Path):
+    from weldray.config import load_config
+    from weldray.export import export_checkpoint
+
+    tmp = tmp_path_factory.mktemp("ensemble")
+    cfg = load_config(
+        [f"export.check_images={procedural_dir}", "export.parity_images=8", f"output_dir={tmp / 'outputs'}"]
+    )
+    # Members calibrated differently: the graph must apply each one's own temperature.
+    return export_checkpoint(members, cfg, output=tmp / "ens.onnx", temperatures=[0.5, 1.0, 2.0])
+
+
+def test_ensemble_graph_is_the_mean_of_its_calibrated_members(
+    ensemble, members: list[Path], procedural_dir: Path
+) -> None:
+    import torch
+
+    from weldray.export.parity import load_inputs
+    from weldray.inference import WeldClassifierInference, softmax
+    from weldray.models import load_checkpoint
+
+    assert ensemble.report["onnx_vs_torch"]["argmax_agreement"] == 1.0
+    photos = sorted(str(p) for p in procedural_dir.glob("*_welds/*.jpg"))[:6]
+    x, _ = load_inputs(photos, 64)
+    with torch.no_grad():
+        per_member = [
+            softmax(load_checkpoint(run)[0](torch.from_numpy(x)).numpy(), t)
+            for run, t in zip(members, (0.5, 1.0, 2.0), strict=True)
+        ]
+    clf = WeldClassifierInference(ensemble.path, providers="cpu")
+    np.testing.assert_allclose(clf.probabilities(x), np.mean(per_member, axis=0), atol=1e-5)
+    assert clf.temperature == 1.0 and clf.metadata["ensemble_members"] == 3
+    assert [m["temperature"] for m in clf.sidecar.members] == [0.5, 1.0, 2.0]
+    assert clf.predict(photos[0])["class"] in CLASSES
+
+
+def test_members_must_share_classes_and_input_size(tmp_path: Path, members: list[Path]) -> None:
+    from weldray.export.ensemble import load_ensemble
+
+    other = make_checkpoint(tmp_path / "big" / "model.pt", image_size=96).parent
+    with pytest.raises(ValueError, match="share classes and input size"):
+        load_ensemble([members[0], other])
+
+
+def test_export_cli_takes_several_runs(tmp_path: Path, members: list[Path], procedural_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from weldray.cli import app
+
+    out = tmp_path / "e.onnx"
+    result = CliRunner().invoke(
+        app,
+        ["export", str(members[0]), str(members[1]), "-o", str(out), f"export.check_images={procedural_dir}",
+         "export.parity_images=4", f"output_dir={tmp_path / 'outputs'}"],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    import json
+
+    side = json.loads(out.with_suffix(".json").read_text())
+    assert len(side["members"]) == 2 and side["temperature"] == 1.0
