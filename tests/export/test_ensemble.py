@@ -16,17 +16,25 @@ def members(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return [make_checkpoint(tmp / f"run{seed}" / "model.pt", seed=seed).parent for seed in (0, 1, 2)]
 
 
+OOF_T = 1.7
+
+
 @pytest.fixture(scope="module")
 def ensemble(tmp_path_factory: pytest.TempPathFactory, members: list[Path], procedural_dir: Path):
+    """What ``weldray cv --ensemble`` exports: the fold models, each calibrated by the out-of-fold temperature."""
     from weldray.config import load_config
-    from weldray.export import export_checkpoint
+    from weldray.training.cv import export_fold_ensemble
 
     tmp = tmp_path_factory.mktemp("ensemble")
     cfg = load_config(
         [f"export.check_images={procedural_dir}", "export.parity_images=8", f"output_dir={tmp / 'outputs'}"]
     )
-    # Members calibrated differently: the graph must apply each one's own temperature.
-    return export_checkpoint(members, cfg, output=tmp / "ens.onnx", temperatures=[0.5, 1.0, 2.0])
+    summary = {
+        "folds": [{"fold": k, "run_dir": str(run)} for k, run in enumerate(members)],
+        "oof_temperature": OOF_T,
+        "path": str(tmp / "outputs" / "cv" / "cv-test.json"),
+    }
+    return export_fold_ensemble(cfg, summary)
 
 
 def test_ensemble_graph_is_the_mean_of_its_calibrated_members(
@@ -43,13 +51,14 @@ def test_ensemble_graph_is_the_mean_of_its_calibrated_members(
     x, _ = load_inputs(photos, 64)
     with torch.no_grad():
         per_member = [
-            softmax(load_checkpoint(run)[0](torch.from_numpy(x)).numpy(), t)
-            for run, t in zip(members, (0.5, 1.0, 2.0), strict=True)
+            softmax(load_checkpoint(run)[0](torch.from_numpy(x)).numpy(), OOF_T)
+            for run in members
         ]
     clf = WeldClassifierInference(ensemble.path, providers="cpu")
     np.testing.assert_allclose(clf.probabilities(x), np.mean(per_member, axis=0), atol=1e-5)
     assert clf.temperature == 1.0 and clf.metadata["ensemble_members"] == 3
-    assert [m["temperature"] for m in clf.sidecar.members] == [0.5, 1.0, 2.0]
+    assert [m["temperature"] for m in clf.sidecar.members] == [OOF_T] * 3
+    assert Path(ensemble.path).parts[-4:] == ("cv", "cv-test", "ensemble", "weld_classifier.onnx")
     assert clf.predict(photos[0])["class"] in CLASSES
 
 
@@ -77,4 +86,5 @@ def test_export_cli_takes_several_runs(tmp_path: Path, members: list[Path], proc
     import json
 
     side = json.loads(out.with_suffix(".json").read_text())
-    assert len(side["members"]) == 2 and side["temperature"] == 1.0
+    # Final fits (e.g. seeds) keep their own temperatures, applied inside the graph.
+    assert [m["temperature"] for m in side["members"]] == [1.5, 1.5] and side["temperature"] == 1.0
