@@ -222,3 +222,37 @@ def test_predict_cli_reads_folders_with_progress(model_path: Path, procedural_di
     n = len(list(procedural_dir.glob("*_welds/*.jpg")))
     assert len(lines) == n and all(line["class"] in CLASSES for line in lines)
     assert "predicting" in out.stderr
+
+
+def test_explain_gives_a_heatmap_at_the_photo_size(model_path: Path, photo: Path) -> None:
+    """The exported graph's class maps average to its logits; the heatmap covers the whole photo."""
+    from weldray.inference import WeldClassifierInference
+
+    clf = WeldClassifierInference(model_path, providers="cpu")
+    assert clf.sidecar.maps_output == "class_maps"
+    x = np.ascontiguousarray(clf.prepare(photo)[None].transpose(0, 3, 1, 2), dtype=np.float32)
+    logits, maps = clf._session.run(["logits", "class_maps"], {"input": x})
+    np.testing.assert_allclose(maps.mean((2, 3)), logits, atol=1e-4)
+
+    result, heat, picture = clf.explain(photo)
+    assert heat.shape == (picture.height, picture.width) == Image.open(photo).size[::-1]
+    assert heat.min() >= 0.0 and heat.max() <= 1.0
+    assert result["class"] == clf.predict(photo)["class"]
+    x_peak, y_peak = result["peak_xy"]
+    assert heat[y_peak, x_peak] == heat.max()
+
+
+def test_predict_cli_explain_writes_overlays(model_path: Path, photo: Path, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from weldray.cli import app
+
+    out = CliRunner().invoke(
+        app, ["predict", str(model_path), str(photo), "--explain", str(tmp_path / "why"), "serve.provider=cpu"]
+    )
+    assert out.exit_code == 0, out.output
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    overlay = Image.open(line["explanation"])
+    assert overlay.size == Image.open(photo).size and line["class"] in line["explanation"]

@@ -60,6 +60,8 @@ def test_ensemble_graph_is_the_mean_of_its_calibrated_members(
     assert [m["temperature"] for m in clf.sidecar.members] == [OOF_T] * 3
     assert Path(ensemble.path).parts[-4:] == ("cv", "cv-test", "ensemble", "weld_classifier.onnx")
     assert clf.predict(photos[0])["class"] in CLASSES
+    with pytest.raises(ValueError, match="no class-map output"):  # heatmaps are per model, not per ensemble
+        clf.explain(photos[0])
 
 
 def test_members_must_share_classes_and_input_size(tmp_path: Path, members: list[Path]) -> None:

@@ -117,6 +117,26 @@ def test_predict_matches_in_process_inference(client: httpx.Client, model_path: 
             assert body["probabilities"][name] == pytest.approx(local["probabilities"][name], abs=1e-5)
 
 
+def test_predict_explain_returns_a_heatmap_overlay(client: httpx.Client) -> None:
+    import base64
+
+    ramp = np.linspace(0, 255, 900, dtype=np.uint8)
+    photo = Image.fromarray(np.stack([np.tile(ramp, (600, 1))] * 3, axis=-1), "RGB")  # smooth: a small JPEG
+    data = _encode(photo, "JPEG")
+    r = client.post("/predict?explain=true", content=data, headers={"content-type": "image/jpeg"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    _assert_prediction(body)
+    explanation = body["explanation"]
+    overlay = Image.open(io.BytesIO(base64.b64decode(explanation["overlay_png_base64"])))
+    assert overlay.format == "PNG" and overlay.size == (512, 341) and explanation["photo_size"] == [900, 600]
+    assert 0 <= body["peak_xy"][0] < 900 and 0 <= body["peak_xy"][1] < 600
+    plain = client.post("/predict", content=data, headers={"content-type": "image/jpeg"}).json()
+    assert plain["probabilities"] == pytest.approx(body["probabilities"], abs=1e-5) and "explanation" not in plain
+    bad = client.post("/predict?explain=maybe", content=data, headers={"content-type": "image/jpeg"})
+    assert bad.status_code == 400 and "explain" in bad.json()["reason"]
+
+
 def test_served_through_haproxy_direct_ingress(server: str) -> None:
     """serve.ingress=haproxy (the default): HAProxy forwards to the replica's own HTTP server, and
     no Python proxy sits on the request path (the fallback proxy is not the frontend)."""

@@ -68,7 +68,9 @@ def fuse_gelu(proto):
     return ir.to_proto(model), count
 
 
-def export_onnx(model, path: str | Path, image_size: int, *, opset: int = 20) -> Path:
+def export_onnx(
+    model, path: str | Path, image_size: int, *, opset: int = 20, output_names: tuple[str, ...] = (OUTPUT_NAME,)
+) -> Path:
     """Export ``model`` (float32 [B,3,S,S] raw RGB -> logits [B,C]) with a dynamic batch axis.
 
     Opset 20 or later enables the GELU fusion. Uses the dynamo exporter with an example batch of 2
@@ -95,7 +97,7 @@ def export_onnx(model, path: str | Path, image_size: int, *, opset: int = 20) ->
                 dynamo=True,
                 opset_version=opset,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(output_names),
                 dynamic_shapes=({0: batch},),
                 verbose=False,
             )

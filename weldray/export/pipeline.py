@@ -98,7 +98,8 @@ def export_checkpoint(
 
     from weldray.export.tensorrt import require_tensorrt
     from weldray.inference.providers import create_session
-    from weldray.models import load_checkpoint
+    from weldray.models import WeldClassifier, load_checkpoint
+    from weldray.models.cam import CLASS_MAPS_OUTPUT, WithClassMaps
 
     fmt = fmt or cfg.export.format
     if fmt not in ("onnx", "int8", "tensorrt"):
@@ -139,7 +140,14 @@ def export_checkpoint(
     )
     report: dict[str, Any] = {"check_images": images.source, "n_check_images": len(used)}
 
-    export_onnx(model, paths["onnx"], size, opset=cfg.export.opset)
+    if isinstance(model, WeldClassifier):  # + class activation maps, a second output (weldray.models.cam)
+        export_onnx(
+            WithClassMaps(model), paths["onnx"], size, opset=cfg.export.opset,
+            output_names=(OUTPUT_NAME, CLASS_MAPS_OUTPUT),
+        )
+        sidecar.maps_output = CLASS_MAPS_OUTPUT
+    else:
+        export_onnx(model, paths["onnx"], size, opset=cfg.export.opset)
     fp32 = create_session(str(paths["onnx"]), "CPUExecutionProvider")
     p_torch = torch_probabilities(model, x_check, sidecar.temperature)
     p_fp32 = session_probabilities(fp32, x_check, sidecar.temperature)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from weldray.inference.providers import create_session, resolve_provider
 from weldray.inference.sidecar import ModelSidecar, choose_precision, read_sidecar
@@ -95,6 +96,7 @@ class WeldClassifierInference:
             allow_spinning=allow_spinning,
         )
         self._input = self._session.get_inputs()[0].name
+        self._outputs = [self._session.get_outputs()[0].name]  # the logits: never the class maps, unasked
 
     def _provider_options(self) -> dict[str, Any]:
         if self.provider != "TensorrtExecutionProvider":
@@ -139,12 +141,12 @@ class WeldClassifierInference:
         if batch.shape[-1] == 3 and batch.shape[1] != 3:
             batch = batch.transpose(0, 3, 1, 2)
         x = np.ascontiguousarray(batch, dtype=np.float32)
-        logits = self._session.run(None, {self._input: x})[0]
+        logits = self._session.run(self._outputs, {self._input: x})[0]
         probs = softmax(logits, self.temperature)
         if self.tta:
             flipped = np.ascontiguousarray(x[..., ::-1])
             probs = (
-                probs + softmax(self._session.run(None, {self._input: flipped})[0], self.temperature)
+                probs + softmax(self._session.run(self._outputs, {self._input: flipped})[0], self.temperature)
             ) / 2
         return probs
 
@@ -159,6 +161,25 @@ class WeldClassifierInference:
             "probabilities": {name: float(p) for name, p in zip(self.classes, probs, strict=True)},
             "needs_review": confidence < self.review_threshold,
         }
+
+    def explain(self, image: ImageSource) -> tuple[dict[str, Any], np.ndarray, Image.Image]:
+        """Classify one image and say where the evidence lies: ``(result, heatmap, photo)``, the heatmap
+        ``[H, W]`` in [0, 1] at the photo's own size (:mod:`weldray.inference.explain`), ``result`` with
+        ``peak_xy`` (the heatmap's maximum, in photo pixels) added."""
+        from weldray.inference.explain import evidence_map, peak_xy, upsample
+
+        if not self.sidecar.maps_output:
+            raise ValueError(
+                f"{self.model_path} has no class-map output (an ensemble, or exported before heatmaps existed): "
+                "explanations need a single model exported by `weldray export`"
+            )
+        photo = load_image(image, max_pixels=self.max_pixels)
+        x = resize_for_model(photo, self.input_size)[None]
+        result = self.result(self.probabilities(x)[0])
+        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        maps = self._session.run([self.sidecar.maps_output], {self._input: nchw})[0][0]
+        heat = upsample(evidence_map(maps, result["class_index"]), photo.size)
+        return {**result, "peak_xy": list(peak_xy(heat))}, heat, photo
 
     def predict(self, image: ImageSource) -> dict[str, Any]:
         """Classify one image (path, s3:// URI, encoded bytes, PIL image or numpy array)."""

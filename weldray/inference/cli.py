@@ -24,6 +24,9 @@ def predict(
     batch_size: int = typer.Option(
         DEFAULT_BATCH_SIZE, "--batch-size", min=1, help="Images per forward pass (memory stays flat)."
     ),
+    explain: Path | None = typer.Option(
+        None, "--explain", help="Write a heatmap overlay PNG per image into this folder (and its path in the line)."
+    ),
 ) -> None:
     """Classify images; one JSON line per image on stdout (unreadable images get an "error" line)."""
     from rich.console import Console
@@ -61,8 +64,11 @@ def predict(
     except (FileNotFoundError, ProviderError, ValueError) as exc:
         typer.secho(f"predict failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
+    if explain and not clf.sidecar.maps_output:
+        typer.secho(f"predict failed: {model} has no class-map output (an ensemble): no heatmaps", fg="red", err=True)
+        raise typer.Exit(1)
     failed = 0
-    results = clf.iter_predict(paths, batch_size, skip_errors=True)
+    results = _explained(clf, paths, explain) if explain else clf.iter_predict(paths, batch_size, skip_errors=True)
     # Progress on stderr (stdout stays JSON lines); only for more images than one forward pass.
     if len(paths) > batch_size:
         results = track(results, total=len(paths), description="predicting", console=Console(stderr=True))
@@ -71,6 +77,23 @@ def predict(
         print(json.dumps({"image": path, **result}), flush=True)
     if failed == len(paths):
         raise typer.Exit(1)
+
+
+def _explained(clf, paths: list[str], out_dir: Path):
+    """Results with their heatmap overlays written to ``out_dir`` (one image at a time)."""
+    from weldray.inference.explain import overlay
+    from weldray.preprocessing import ImageError
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(paths):
+        try:
+            result, heat, photo = clf.explain(path)
+        except (ImageError, OSError) as exc:
+            yield {"error": getattr(exc, "code", "unreadable"), "reason": str(exc)}
+            continue
+        target = out_dir / f"{i:05d}_{Path(path).stem}.{result['class']}.png"
+        overlay(photo, heat).save(target)
+        yield {**result, "explanation": str(target)}
 
 
 def serve(

@@ -77,6 +77,32 @@ class OverloadedError(RuntimeError):
     """The replica already holds ``serve.max_pending_images`` images."""
 
 
+class ExplainUnavailableError(ImageError):
+    """``explain=true`` for a model without class maps (an ensemble)."""
+
+    status = 422
+    code = "explain_unavailable"
+
+
+#: Long side of the overlay PNG an explanation returns (the heatmap itself is coarser than that).
+OVERLAY_MAX_SIDE = 512
+_EXPLAIN_PARAM = {
+    "name": "explain",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "Also return a heatmap overlay (base64 PNG, long side <= 512 px) of where the evidence "
+    "for the predicted class lies, and its peak in photo pixels.",
+}
+
+
+def _flag(request: Request, name: str) -> bool:
+    value = request.query_params.get(name, "false").lower()
+    if value not in ("true", "false", "1", "0"):
+        raise ImageError(f"query parameter {name}={value!r}: use true or false")
+    return value in ("true", "1")
+
+
 api = FastAPI(
     title="weldray",
     description="Weld photo classification (good_weld / bad_weld). Send one image as the raw request body "
@@ -214,6 +240,25 @@ class WeldService:
             raise ImageError("multipart body has no file part; send the image as a file field (e.g. 'file')")
         return [await f.read() for f in files]
 
+    def _explain(self, data: bytes) -> dict[str, Any]:
+        """One upload's result and heatmap (unbatched: explanations are for people, not for throughput)."""
+        from weldray.inference.explain import overlay, png_base64
+
+        if not self.infer.sidecar.maps_output:
+            raise ExplainUnavailableError("this model has no class-map output (an ensemble): no heatmaps")
+        result, heat, photo = self.infer.explain(decode_image(data, max_pixels=self.options["max_image_pixels"]))
+        picture = overlay(photo, heat)
+        picture.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+        return {
+            **result,
+            "explanation": {
+                "method": "class activation map (exact per-location decomposition of the logits)",
+                "overlay_png_base64": png_base64(picture),
+                "overlay_size": list(picture.size),
+                "photo_size": list(photo.size),
+            },
+        }
+
     def _prepare_or_error(self, data: bytes) -> np.ndarray | ImageError:
         try:
             return resize_for_model(decode_image(data, max_pixels=self.options["max_image_pixels"]), self.input_size)
@@ -265,17 +310,22 @@ class WeldService:
     # --- routes ------------------------------------------------------------------------------
     @api.post(
         "/predict",
-        openapi_extra={"requestBody": _IMAGE_BODY},
-        summary="Classify one image (raw body or multipart 'file').",
+        openapi_extra={"requestBody": _IMAGE_BODY, "parameters": [_EXPLAIN_PARAM]},
+        summary="Classify one image (raw body or multipart 'file'); ?explain=true adds a heatmap.",
     )
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
 
         async def work() -> dict[str, Any]:
+            explain = _flag(request, "explain")
             uploads = await self._uploads(request, await self._read_body(request))
             if len(uploads) != 1:
                 raise ImageError(f"/predict takes one image, got {len(uploads)}; use /predict/batch")
             with self._admit(1):
+                if explain:
+                    return await asyncio.get_running_loop().run_in_executor(
+                        self._infer_pool, self._explain, uploads[0]
+                    )
                 return await self._classify(uploads[0])
 
         return await self._guard("predict", started, work)

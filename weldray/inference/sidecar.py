@@ -35,6 +35,8 @@ class ModelSidecar:
     temperature: float = 1.0
     input_name: str = "input"
     output_name: str = "logits"
+    # Second output: class activation maps [B, C, h, w] whose spatial mean is the logits ("" = none).
+    maps_output: str = ""
     precision: str = "fp32"
     backbone: str = ""
     run_id: str = ""
