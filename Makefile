@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-12)
 
-.PHONY: install run test test-slow test-all lint bench textseg-weights help
+.PHONY: install browser run test test-slow test-all lint bench textseg-weights help
 
 help:
 	@echo "make run [DATA=path|s3://...] [ARGS='key=value ...']  the pipeline, locally on Ray"
@@ -33,8 +33,15 @@ install: $(STAMP)
 run: install
 	$(BIN)/python jobs/pipeline.py $(DATA) $(ARGS)
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+# Headless Chromium + its driver for the web inspector's browser test (Debian packages; the test skips,
+# saying why, where they cannot be installed).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	  echo "chromium not installed: the web inspector's browser test will be skipped"
 
 test-slow: install
 	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)

@@ -258,3 +258,76 @@ def test_overload_answers_json_503_and_recovers(server: str) -> None:
     with httpx.Client(base_url=server, timeout=30.0) as c:
         assert c.get("/healthz").status_code == 200
         assert c.post("/predict", content=data).status_code == 200
+
+
+@pytest.fixture()
+def browser(tmp_path: Path):
+    """Headless Chromium (Debian's chromium + chromium-driver; `make test` installs them)."""
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        pytest.skip("needs Debian's chromium and chromium-driver (`make browser` installs them)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
+        options.add_argument(arg)
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(tmp_path), "download.prompt_for_download": False}
+    )
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def test_web_inspector_in_a_real_browser(server: str, browser, tmp_path: Path) -> None:
+    """A person's path: open /, choose two photos (one broken), see verdicts, heatmap and the API's reason,
+    download the CSV."""
+    import csv
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    good = tmp_path / "weld.jpg"
+    _photo((320, 240)).save(good, "JPEG")
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff" + b"\x00" * 100)
+    browser.get(server + "/")
+    WebDriverWait(browser, 30).until(lambda d: "model " in d.find_element(By.ID, "model").text)
+    assert "classes good_weld, bad_weld" in browser.find_element(By.ID, "model").text
+    browser.find_element(By.ID, "files").send_keys(f"{good}\n{broken}")
+    rows = lambda d: d.find_elements(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
+    WebDriverWait(browser, 120).until(
+        lambda d: len(rows(d)) == 2 and all(r.get_attribute("data-status") != "pending" for r in rows(d))
+    )
+    ok, bad = rows(browser)
+    cells = ok.find_elements(By.TAG_NAME, "td")
+    assert cells[2].text in CLASSES and cells[3].text.endswith("%")
+    heatmap = cells[1].find_element(By.TAG_NAME, "img")
+    assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
+    assert browser.execute_script("return arguments[0].naturalWidth", heatmap) == 320  # the overlay decoded
+    assert bad.get_attribute("data-status") == "error" and bad.find_elements(By.TAG_NAME, "td")[5].text.startswith(
+        "corrupt: "
+    )
+    assert "2 of 2 done" in browser.find_element(By.ID, "summary").text
+    assert browser.save_screenshot(str(tmp_path / "inspector.png"))
+    browser.find_element(By.ID, "csv").click()
+    target = tmp_path / "weldray-results.csv"
+    WebDriverWait(browser, 30).until(lambda d: target.exists() and target.stat().st_size > 0)
+    table = list(csv.DictReader(target.open()))
+    assert [r["photo"] for r in table] == ["weld.jpg", "broken.jpg"]
+    assert table[0]["class"] in CLASSES and table[1]["error"] == "corrupt"
+
+
+def test_inspector_assets_are_served_and_nothing_else(client: httpx.Client) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and "weldray inspector" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN: works offline
+    assert client.get("/static/inspector.js").headers["content-type"].startswith("text/javascript")
+    missing = client.get("/static/serving.py")  # only the inspector's own files
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from ray import serve
 
 from weldray.config import ServeConfig
@@ -42,6 +42,9 @@ from weldray.preprocessing import (
 
 log = logging.getLogger(__name__)
 
+#: The web inspector's files (package data) and the only names /static serves.
+WEB_DIR = Path(__file__).with_name("web")
+WEB_ASSETS = {"inspector.js": "text/javascript", "inspector.css": "text/css"}
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64]
 _IMAGE_BODY = {
@@ -359,6 +362,17 @@ class WeldService:
             return {"results": results, "n_ok": sum("error" not in r for r in results)}
 
         return await self._guard("predict_batch", started, work)
+
+    @api.get("/", include_in_schema=False)
+    async def inspector(self) -> HTMLResponse:
+        """The web inspector (plain HTML/JS shipped in the package: no CDN, works offline)."""
+        return HTMLResponse((WEB_DIR / "index.html").read_text())
+
+    @api.get("/static/{name}", include_in_schema=False)
+    async def static(self, name: str) -> Response:
+        if name not in WEB_ASSETS:
+            return error_response(404, "not_found", f"no static file {name!r}")
+        return FileResponse(WEB_DIR / name, media_type=WEB_ASSETS[name])
 
     @api.get("/healthz", summary="Liveness of the HTTP ingress.")
     async def healthz(self) -> dict[str, str]:
