@@ -162,10 +162,12 @@ class WeldClassifierInference:
             "needs_review": confidence < self.review_threshold,
         }
 
-    def explain(self, image: ImageSource) -> tuple[dict[str, Any], np.ndarray, Image.Image]:
+    def explain(
+        self, image: ImageSource, class_name: str | None = None
+    ) -> tuple[dict[str, Any], np.ndarray, Image.Image]:
         """Classify one image and say where the evidence lies: ``(result, heatmap, photo)``, the heatmap
-        ``[H, W]`` in [0, 1] at the photo's own size (:mod:`weldray.inference.explain`), ``result`` with
-        ``peak_xy`` (the heatmap's maximum, in photo pixels) added."""
+        ``[H, W]`` in [0, 1] at the photo's own size (:mod:`weldray.inference.explain`) for the predicted
+        class (or ``class_name``), ``result`` with ``peak_xy`` (the heatmap's maximum, in photo pixels)."""
         from weldray.inference.explain import evidence_map, peak_xy, upsample
 
         if not self.sidecar.maps_output:
@@ -178,7 +180,8 @@ class WeldClassifierInference:
         result = self.result(self.probabilities(x)[0])
         nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
         maps = self._session.run([self.sidecar.maps_output], {self._input: nchw})[0][0]
-        heat = upsample(evidence_map(maps, result["class_index"]), photo.size)
+        index = result["class_index"] if class_name is None else self.classes.index(class_name)
+        heat = upsample(evidence_map(maps, index), photo.size)
         return {**result, "peak_xy": list(peak_xy(heat))}, heat, photo
 
     def predict(self, image: ImageSource) -> dict[str, Any]:
