@@ -59,11 +59,12 @@ def compare(scores: dict[str, list[float]], folds: list[int]) -> dict[str, Any]:
     else:
         winner = DEFAULT
         top = rows[0]
-        verdict = (
-            "No candidate beats the default beyond fold-to-fold noise "
-            f"(best CV mean: {top['label']} {top['mean']:.3f}, default {float(base.mean()):.3f}): "
-            "best.yaml is the default configuration."
+        best = (
+            f"the default has the best CV mean, {top['mean']:.3f}"
+            if top["label"] == DEFAULT or top["mean"] == float(base.mean())
+            else f"best CV mean {top['label']} {top['mean']:.3f} vs default {float(base.mean()):.3f}"
         )
+        verdict = f"No candidate beats the default beyond fold-to-fold noise ({best}): best.yaml is the default."
     return {"folds": folds, "candidates": rows, "winner": winner, "verdict": verdict}
 
 

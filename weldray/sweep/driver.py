@@ -55,7 +55,7 @@ def run_sweep(space: str, data: str | None = None, overrides: Sequence[str] = ()
     from weldray.ray_utils import init_ray
     from weldray.sweep.confirm import candidate_overrides, compare, cross_validate_candidates
     from weldray.sweep.results import optuna_study, plots, ranked, trials_table, write_best, write_report
-    from weldray.sweep.run import check_same_study, max_epochs, run_search, study_record, sweep_dir_for
+    from weldray.sweep.run import check_same_study, run_search, study_record, sweep_dir_for
     from weldray.training.trainer import initial_model
 
     t0 = time.perf_counter()
@@ -73,7 +73,7 @@ def run_sweep(space: str, data: str | None = None, overrides: Sequence[str] = ()
 
     init_ray(base.ray, job_name="sweep")
     grid = run_search(study, data_root, sweep_dir)
-    table = trials_table(grid, study, sweep_dir, max_epochs(study))
+    table = trials_table(grid, study, sweep_dir, base.training.epochs)
     table.to_parquet(sweep_dir / "trials.parquet", index=False)
     table.to_csv(sweep_dir / "trials.csv", index=False)
     log.info("search done: %s", table["status"].value_counts().to_dict() if not table.empty else "no trials")

@@ -19,21 +19,22 @@ HISTORY_KEYS = ("epochs_done", "train_loss", "val_loss", "val_bal_acc", "val_los
 PARAM_PREFIX = "param."
 
 
-def trials_table(grid: Any, study: Study, sweep_dir: Path, max_epochs: int) -> pd.DataFrame:
+def trials_table(grid: Any, study: Study, sweep_dir: Path, epochs: int) -> pd.DataFrame:
     """One row per trial: parameters (``param.<key>``), status (completed / stopped_asha / early_stopped / error /
-    not_started), epochs run, last and per-epoch metrics, wall time, run and trial folders."""
+    not_started), epochs run, last and per-epoch metrics, wall time, run and trial folders. ``epochs``: a trial's
+    full length unless it searches ``training.epochs``."""
     from weldray.sweep.run import TIME_ATTR
 
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         trial = Path(result.path).name
-        epochs = int(metrics.get(TIME_ATTR, 0) or 0)
+        done = int(metrics.get(TIME_ATTR, 0) or 0)
         if result.error is not None:
             status = "error"
-        elif epochs == 0:
+        elif done == 0:
             status = "not_started"
-        elif epochs >= max_epochs:
+        elif done >= int(result.config.get("training.epochs", epochs)):
             status = "completed"
         elif metrics.get("early_stopped"):
             status = "early_stopped"
@@ -47,10 +48,12 @@ def trials_table(grid: Any, study: Study, sweep_dir: Path, max_epochs: int) -> p
             "trial": trial,
             "status": status,
             **{f"{PARAM_PREFIX}{k}": result.config.get(k) for k in study.space},
-            "epochs_done": epochs,
+            "epochs_done": done,
             study.sweep.metric: metrics.get(study.sweep.metric, math.nan),
             **{k: metrics.get(k, math.nan) for k in ("val_loss", "val_bal_acc", "val_loss_best", "val_bal_acc_best")},
             "wall_s": round(float(metrics.get("time_total_s", 0.0) or 0.0), 1),
+            # Unix time the trial started (its last report's time less its run time): the order of the search.
+            "started": float(metrics.get("timestamp", 0) or 0) - float(metrics.get("time_total_s", 0.0) or 0.0),
             "history": json.dumps(history),
             "error": None if result.error is None else str(result.error).splitlines()[0][:300],
             "run_dir": str(sweep_dir / "runs" / trial),
@@ -58,7 +61,7 @@ def trials_table(grid: Any, study: Study, sweep_dir: Path, max_epochs: int) -> p
         }
         rows.append(row)
     table = pd.DataFrame(rows)
-    return table.sort_values("trial").reset_index(drop=True) if not table.empty else table
+    return table.sort_values(["started", "trial"]).reset_index(drop=True) if not table.empty else table
 
 
 def trial_params(row: pd.Series, study: Study) -> dict[str, Any]:
@@ -86,7 +89,7 @@ def optuna_study(table: pd.DataFrame, study: Study) -> Any:
     direction = "minimize" if study.sweep.mode == "min" else "maximize"
     ostudy = optuna.create_study(direction=direction, study_name=study.name)
     dists = {k: d.optuna_distribution() for k, d in study.space.items()}
-    for _, row in ranked(table, study).sort_values("trial").iterrows():
+    for _, row in ranked(table, study).sort_values(["started", "trial"]).iterrows():
         steps = {
             int(h["epochs_done"]): float(h[study.sweep.metric])
             for h in json.loads(row["history"])
@@ -239,7 +242,8 @@ def write_report(
     lines += [
         "## best.yaml",
         "",
-        f"Chosen: `{chosen['chosen']}` ({chosen['reason']}). Train it with "
+        f"Chosen: `{chosen['chosen']}`" + (f" ({chosen['reason']})" if confirmation is None else "")
+        + ". Train it with "
         f"`weldray train DATA $(weldray sweep-best {sweep_dir})`, "
         f"i.e. `{' '.join(chosen['overrides']) or '(defaults)'}`.",
         "",

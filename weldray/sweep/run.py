@@ -124,7 +124,7 @@ def _scheduler(study: Study) -> Any:
 def study_record(study: Study, data_root: str) -> dict[str, Any]:
     """What makes two runs of ``weldray sweep`` the same sweep (the name alone resumes it)."""
     return {
-        "space_file": str(study.path.resolve()),
+        "space_file": study.path.name,
         "space": {k: asdict(d) for k, d in study.space.items()},
         "overrides": study.overrides,
         "sweep": {k: v for k, v in asdict(study.sweep).items() if k not in ("top_k", "confirm_folds")},
