@@ -74,3 +74,17 @@ def test_asha_stops_five_trials_in_a_row_and_frees_their_placement_groups(ray_lo
             break
         time.sleep(1)
     assert not live, f"placement groups left behind: {live}"
+
+
+def test_trials_at_once_follow_the_cluster(ray_local: None) -> None:
+    from weldray.config import load_config
+    from weldray.sweep.run import max_concurrent
+    from weldray.sweep.space import load_space
+
+    study = load_space("smoke")
+    # 2 CPUs: a trial's worker (1.5 CPUs) and its Ray Data tasks (0.5) fill the machine.
+    assert max_concurrent(study, load_config(study.overrides)) == 1
+    small = load_space("smoke", ["training.cpus_per_worker=0.5", "training.data_cpus=0.25"])
+    assert max_concurrent(small, load_config(small.overrides)) == 2
+    fixed = load_space("smoke", ["sweep.max_concurrent=3"])
+    assert max_concurrent(fixed, load_config(fixed.overrides)) == 3

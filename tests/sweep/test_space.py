@@ -115,3 +115,19 @@ def test_bad_fixed_override_and_sweep_setting(tmp_path: Path) -> None:
 def test_missing_space_file_names_the_known_ones() -> None:
     with pytest.raises(FileNotFoundError, match="smoke"):
         load_space("no_such_space")
+
+
+def test_cli_refuses_a_bad_space_before_ray_starts(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    path = _space(tmp_path, "space:\n  training.batch_size: {type: float, low: 8, high: 32}\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("weldray")), "sweep", str(path), f"output_dir={tmp_path}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"config error: {path}: training.batch_size: a float range" in " ".join(proc.stderr.split())
+    assert "started local Ray" not in proc.stderr and not (tmp_path / "sweeps").exists()

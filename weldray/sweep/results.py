@@ -40,10 +40,7 @@ def trials_table(grid: Any, study: Study, sweep_dir: Path, epochs: int) -> pd.Da
             status = "early_stopped"
         else:
             status = "stopped_asha"
-        frame = result.metrics_dataframe
-        history = [] if frame is None or frame.empty else (
-            frame[[k for k in HISTORY_KEYS if k in frame]].to_dict("records")
-        )
+        history = _history(result, sweep_dir / "runs" / trial)
         row = {
             "trial": trial,
             "status": status,
@@ -62,6 +59,20 @@ def trials_table(grid: Any, study: Study, sweep_dir: Path, epochs: int) -> pd.Da
         rows.append(row)
     table = pd.DataFrame(rows)
     return table.sort_values(["started", "trial"]).reset_index(drop=True) if not table.empty else table
+
+
+def _history(result: Any, run_dir: Path) -> list[dict[str, Any]]:
+    """Per-epoch metrics of a trial: its run's own record when it finished (complete even when a killed sweep
+    resumed the run midway, which restarts Tune's record of the trial), else what it reported to Tune."""
+    from weldray.sweep.run import TIME_ATTR
+
+    summary = run_dir / "metrics.json"
+    if summary.is_file():
+        rows = [{**h, TIME_ATTR: h["epoch"] + 1} for h in json.loads(summary.read_text())["history"]]
+    else:
+        frame = result.metrics_dataframe
+        rows = [] if frame is None or frame.empty else frame.to_dict("records")
+    return [{k: row[k] for k in HISTORY_KEYS if k in row} for row in rows]
 
 
 def trial_params(row: pd.Series, study: Study) -> dict[str, Any]:
