@@ -303,6 +303,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         if val_shard is not None:
             metrics.update(validate(step.eval_model(model), val_shard.iter_torch_batches(batch_size=64, device=device)))
+            # Best so far: comparable between runs stopped at different epochs (a sweep's ASHA rungs).
+            metrics["val_loss_best"] = min([metrics["val_loss"], *(h["val_loss"] for h in history)])
+            metrics["val_bal_acc_best"] = max([metrics["val_bal_acc"], *(h["val_bal_acc"] for h in history)])
         score = selection_score(metrics) if val_shard is not None else float(epoch)
         improved = score > best_score
         if improved:

@@ -85,10 +85,16 @@ def initial_model(cfg: WeldrayConfig, classes: list[str]) -> torch.nn.Module:
 
 
 def fit(
-    cfg: WeldrayConfig, run_id: str, run_dir: Path, splits: Any, classes: list[str], initial: torch.nn.Module
+    cfg: WeldrayConfig,
+    run_id: str,
+    run_dir: Path,
+    splits: Any,
+    classes: list[str],
+    initial: torch.nn.Module,
+    callbacks: list[Any] | None = None,
 ) -> Any:
     """Run the TorchTrainer from ``initial``'s weights; returns Ray's Result (latest checkpoint holds the
-    kept weights)."""
+    kept weights). ``callbacks``: Ray Train callbacks (a sweep's trial passes the one reporting to Tune)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -146,6 +152,7 @@ def fit(
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             worker_runtime_env=WORKER_RUNTIME_ENV,
+            callbacks=callbacks,
         ),
         datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_")]),
@@ -195,11 +202,11 @@ def _evaluation_source(cfg: WeldrayConfig, splits: Any) -> dict[str, Any]:
     }
 
 
-def train(cfg: WeldrayConfig) -> Path:
+def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
     return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
     validation epoch with early stopping; temperature fitted on validation),
-    ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``."""
+    ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``. ``callbacks`` go to Ray Train."""
     from omegaconf import OmegaConf
 
     from weldray.data import load_manifest, manifest_sha256, resolve_dataset
@@ -228,7 +235,7 @@ def train(cfg: WeldrayConfig) -> Path:
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
-    result = fit(cfg, run_id, run_dir, splits, classes, initial)
+    result = fit(cfg, run_id, run_dir, splits, classes, initial, callbacks)
     if result.error is not None:
         raise RuntimeError(f"training run {run_id} failed: {result.error}") from result.error
     state = _read_state(result.checkpoint)

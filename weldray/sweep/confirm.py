@@ -1,0 +1,111 @@
+"""Confirmation of a search by k-fold group cross-validation: the top trials and the default config, each
+trained on the same folds with the same seed (``weldray cv``'s folds), compared fold by fold with the default.
+
+A trial's own figure comes from a few dozen validation photos and is the best of many tries: it flatters
+itself. The winner is the candidate with the highest CV mean among those whose mean paired difference from
+the default exceeds two standard errors of the per-fold differences; when none does, the default wins.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from weldray.config import load_config
+from weldray.sweep.space import Study
+
+log = logging.getLogger(__name__)
+
+DEFAULT = "default"
+#: Paired differences must exceed this many standard errors to count as better than the default.
+NOISE_SE = 2.0
+
+
+def compare(scores: dict[str, list[float]], folds: list[int]) -> dict[str, Any]:
+    """Per-candidate CV mean +- std and paired differences from ``scores[DEFAULT]``; the winner and a one-line
+    verdict. ``scores``: candidate -> balanced accuracy per fold (same fold order for all)."""
+    base = np.asarray(scores[DEFAULT], dtype=float)
+    rows = []
+    for label, values in scores.items():
+        v = np.asarray(values, dtype=float)
+        diff = v - base
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.inf
+        mean_diff = float(diff.mean())
+        rows.append(
+            {
+                "label": label,
+                "per_fold": v.tolist(),
+                "mean": float(v.mean()),
+                "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                "diff": diff.tolist(),
+                "mean_diff": mean_diff,
+                "se_diff": se,
+                "beats_default": label != DEFAULT and mean_diff > 0 and mean_diff > NOISE_SE * se,
+            }
+        )
+    rows.sort(key=lambda r: -r["mean"])
+    better = [r for r in rows if r["beats_default"]]
+    if better:
+        winner = better[0]["label"]
+        verdict = (
+            f"{winner} beats the default: CV mean {better[0]['mean']:.3f} vs {float(base.mean()):.3f}, paired "
+            f"difference {better[0]['mean_diff']:+.3f} +- {better[0]['se_diff']:.3f} (SE) over {len(folds)} folds."
+        )
+    else:
+        winner = DEFAULT
+        top = rows[0]
+        best = (
+            f"the default has the best CV mean, {top['mean']:.3f}"
+            if top["label"] == DEFAULT or top["mean"] == float(base.mean())
+            else f"best CV mean {top['label']} {top['mean']:.3f} vs default {float(base.mean()):.3f}"
+        )
+        verdict = f"No candidate beats the default beyond fold-to-fold noise ({best}): best.yaml is the default."
+    return {"folds": folds, "candidates": rows, "winner": winner, "verdict": verdict}
+
+
+def candidate_overrides(study: Study, table: Any, k: int) -> dict[str, list[str]]:
+    """``{label: overrides}``: the default (the space's fixed overrides alone) and the best ``k`` distinct trials."""
+    from weldray.sweep.results import ranked, trial_params
+
+    out = {DEFAULT: list(study.overrides)}
+    seen: set[str] = set()
+    for _, row in ranked(table, study).iterrows():
+        if len(out) > k:
+            break
+        overrides = study.trial_overrides(trial_params(row, study))
+        key = json.dumps(overrides)
+        if key not in seen:
+            seen.add(key)
+            out[row["trial"]] = overrides
+    return out
+
+
+def cross_validate_candidates(
+    study: Study, candidates: dict[str, list[str]], data_root: str, sweep_dir: Path
+) -> dict[str, list[float]]:
+    """Balanced accuracy per fold of each candidate via ``weldray cv`` (summaries in ``<sweep_dir>/cv/``); a
+    candidate whose summary of the same recipe and folds exists is not re-run (a resumed sweep)."""
+    from weldray.training.cv import cross_validate, cv_summary_path, recipe_fingerprint
+
+    scores = {}
+    for label, overrides in candidates.items():
+        cfg = load_config([*overrides, f"data.root={data_root}", f"output_dir={sweep_dir}"])
+        folds = study.sweep.confirm_folds or list(range(cfg.data.n_folds))
+        name = f"confirm-{label}"
+        path = cv_summary_path(cfg, name)
+        summary = json.loads(path.read_text()) if path.is_file() else None
+        if not (
+            summary
+            and summary["recipe_fingerprint"] == recipe_fingerprint(cfg)
+            and [f["fold"] for f in summary["folds"]] == folds
+        ):
+            log.info("confirmation: %s, %d-fold cross-validation", label, len(folds))
+            summary = cross_validate(cfg, folds, name=name)
+        scores[label] = [f["balanced_accuracy"] for f in summary["folds"]]
+        log.info("confirmation: %s CV balanced accuracy %.3f", label, float(np.mean(scores[label])))
+    return scores
