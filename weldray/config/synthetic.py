@@ -1,0 +1,93 @@
+"""Synthetic weld images (``synthetic.*``): the generate stage, its quality gate and the diffusion generator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from weldray.config._base import ConfigError, check_choice, check_fraction, check_positive
+
+GENERATORS = ("none", "copy_paste", "sdxl_turbo")
+BASE_MODELS = ("turbo", "base")
+
+
+@dataclass
+class SyntheticConfig:
+    # none (no generate stage) | copy_paste (CPU: real Defect patches Poisson-blended onto good photos) |
+    # sdxl_turbo (LoRA SDXL-Turbo + ControlNet Tile img2img; GPU clusters).
+    generator: str = "copy_paste"
+    # Synthetic images made per class (before the quality gate). Sources of a class are cycled, each
+    # (source, seed) pair once, so a resumed run continues where it stopped.
+    n_per_class: int = 200
+    seed: int = 0
+    # copy_paste jitter: patch scale factor range, rotation (+- degrees), brightness/contrast (+- fraction).
+    scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
+    max_rotation_deg: float = 20.0
+    brightness_jitter: float = 0.15
+    contrast_jitter: float = 0.15
+    # Patches pasted per synthetic image (at most; at least one).
+    max_patches: int = 2
+    # Quality gate: a teacher (logistic regression on frozen backbone features, fitted on the very rows the
+    # training of this config trains on) keeps an image only when it assigns the intended class with at least
+    # this probability; 0 = keep all. Near-duplicates of real photos (data.hash_method within
+    # data.near_duplicate_distance bits) are always dropped.
+    min_teacher_confidence: float = 0.5
+    # Ray Data actor pool. Fractional CPUs: whole-CPU actors starve the read tasks on small machines.
+    concurrency: int = 2
+    num_cpus_per_actor: float = 0.5
+    num_gpus_per_actor: float = 0.0
+    batch_size: int = 4
+    contact_sheet_size: int = 16
+    jpeg_quality: int = 95
+    # --- sdxl_turbo (weldray.synthetic.diffusion) ---
+    # Local folder or hub id (hub ids only when online; nothing downloads in tests).
+    sdxl_model: str = "stabilityai/sdxl-turbo"
+    controlnet_model: str = "xinsir/controlnet-tile-sdxl-1.0"
+    # turbo: distilled few-step model; base: SDXL base (LoRA on a distilled model can blur its few-step output).
+    base_model: str = "turbo"
+    # LoRA weights (diffusers format) written by `weldray train-lora`; None = the base model alone.
+    lora_path: Optional[str] = None
+    lora_rank: int = 8
+    lora_lr: float = 1e-4
+    lora_steps: int = 500
+    num_inference_steps: int = 2
+    # img2img strength: how far from the source photo (0 = copy, 1 = ignore it).
+    strength: float = 0.5
+    controlnet_conditioning_scale: float = 0.8
+    image_size: int = 512
+
+    def __post_init__(self) -> None:
+        check_choice("synthetic.generator", self.generator, GENERATORS)
+        check_positive("synthetic.n_per_class", self.n_per_class)
+        check_positive("synthetic.seed", self.seed, allow_zero=True)
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError("synthetic.scale_range", f"needs [low, high] with 0 < low <= high, got {self.scale_range}")
+        if not 0 <= self.max_rotation_deg <= 180:
+            raise ConfigError("synthetic.max_rotation_deg", f"must be in [0, 180], got {self.max_rotation_deg}")
+        check_fraction("synthetic.brightness_jitter", self.brightness_jitter)
+        check_fraction("synthetic.contrast_jitter", self.contrast_jitter)
+        check_positive("synthetic.max_patches", self.max_patches)
+        check_fraction("synthetic.min_teacher_confidence", self.min_teacher_confidence, inclusive_high=True)
+        check_positive("synthetic.concurrency", self.concurrency)
+        check_positive("synthetic.num_cpus_per_actor", self.num_cpus_per_actor)
+        check_positive("synthetic.num_gpus_per_actor", self.num_gpus_per_actor, allow_zero=True)
+        check_positive("synthetic.batch_size", self.batch_size)
+        check_positive("synthetic.contact_sheet_size", self.contact_sheet_size, allow_zero=True)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError("synthetic.jpeg_quality", f"must be in [1, 100], got {self.jpeg_quality}")
+        for key in ("sdxl_model", "controlnet_model"):
+            if not getattr(self, key):
+                raise ConfigError(f"synthetic.{key}", "needs a local folder or a hub id")
+        check_choice("synthetic.base_model", self.base_model, BASE_MODELS)
+        if self.lora_path is not None and not self.lora_path:
+            raise ConfigError("synthetic.lora_path", "must be null or a path")
+        check_positive("synthetic.lora_rank", self.lora_rank)
+        check_positive("synthetic.lora_lr", self.lora_lr)
+        check_positive("synthetic.lora_steps", self.lora_steps)
+        if not 1 <= self.num_inference_steps <= 4:
+            raise ConfigError("synthetic.num_inference_steps", f"must be in [1, 4], got {self.num_inference_steps}")
+        if not 0 < self.strength <= 1:
+            raise ConfigError("synthetic.strength", f"must be in (0, 1], got {self.strength}")
+        check_positive("synthetic.controlnet_conditioning_scale", self.controlnet_conditioning_scale, allow_zero=True)
+        if self.image_size < 64 or self.image_size % 8:
+            raise ConfigError("synthetic.image_size", f"must be a multiple of 8, >= 64, got {self.image_size}")
