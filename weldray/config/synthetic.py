@@ -61,7 +61,7 @@ class SyntheticConfig:
         check_positive("synthetic.n_per_class", self.n_per_class)
         check_positive("synthetic.seed", self.seed, allow_zero=True)
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise ConfigError("synthetic.scale_range", f"needs [low, high] with 0 < low <= high, got {self.scale_range}")
+            raise ConfigError("synthetic.scale_range", f"needs [low, high], 0 < low <= high: {self.scale_range}")
         if not 0 <= self.max_rotation_deg <= 180:
             raise ConfigError("synthetic.max_rotation_deg", f"must be in [0, 180], got {self.max_rotation_deg}")
         check_fraction("synthetic.brightness_jitter", self.brightness_jitter)
