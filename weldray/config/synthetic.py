@@ -20,13 +20,19 @@ class SyntheticConfig:
     # (source, seed) pair once, so a resumed run continues where it stopped.
     n_per_class: int = 200
     seed: int = 0
-    # copy_paste jitter: patch scale factor range, rotation (+- degrees), brightness/contrast (+- fraction).
+    # copy_paste jitter: patch scale factor range, rotation (+- degrees), per-channel colour gain and contrast
+    # (+- fraction). Poisson blending keeps gradients, not levels: gains and contrast scale them, so both show.
     scale_range: list[float] = field(default_factory=lambda: [0.7, 1.3])
     max_rotation_deg: float = 20.0
-    brightness_jitter: float = 0.15
+    color_jitter: float = 0.15
     contrast_jitter: float = 0.15
     # Patches pasted per synthetic image (at most; at least one).
     max_patches: int = 2
+    # copy_paste: YOLO box classes (data.yaml names) of defects (patches for bad images) and of weld beads
+    # (where patches go on the good photos, and where good-bead patches come from). The intended labels follow
+    # data.yolo_label_rule (a defect box makes its label) and data.yolo_default_label (good).
+    defect_box_classes: list[str] = field(default_factory=lambda: ["Defect"])
+    weld_box_classes: list[str] = field(default_factory=lambda: ["Good Weld"])
     # Quality gate: a teacher (logistic regression on frozen backbone features, fitted on the very rows the
     # training of this config trains on) keeps an image only when it assigns the intended class with at least
     # this probability; 0 = keep all. Near-duplicates of real photos (data.hash_method within
@@ -64,9 +70,12 @@ class SyntheticConfig:
             raise ConfigError("synthetic.scale_range", f"needs [low, high], 0 < low <= high: {self.scale_range}")
         if not 0 <= self.max_rotation_deg <= 180:
             raise ConfigError("synthetic.max_rotation_deg", f"must be in [0, 180], got {self.max_rotation_deg}")
-        check_fraction("synthetic.brightness_jitter", self.brightness_jitter)
+        check_fraction("synthetic.color_jitter", self.color_jitter)
         check_fraction("synthetic.contrast_jitter", self.contrast_jitter)
         check_positive("synthetic.max_patches", self.max_patches)
+        for key in ("defect_box_classes", "weld_box_classes"):
+            if not getattr(self, key):
+                raise ConfigError(f"synthetic.{key}", "needs at least one YOLO box class name")
         check_fraction("synthetic.min_teacher_confidence", self.min_teacher_confidence, inclusive_high=True)
         check_positive("synthetic.concurrency", self.concurrency)
         check_positive("synthetic.num_cpus_per_actor", self.num_cpus_per_actor)
