@@ -13,7 +13,7 @@ from weldray.pipeline import PIPELINE, StageError, run_pipeline, split_args
 
 
 def test_stage_order_is_the_documented_one() -> None:
-    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "train", "evaluate", "export")
+    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "generate", "train", "evaluate", "export")
 
 
 def test_split_args_turns_data_into_an_override() -> None:
@@ -64,7 +64,7 @@ def test_failed_stage_is_recorded_with_how_to_rerun(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "good_welds").mkdir(parents=True)
     (empty / "bad_welds").mkdir()
-    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,train,evaluate,export\]"):
+    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,generate,train,evaluate,export\]"):
         run_pipeline(_overrides(tmp_path, empty))
     doc = json.loads((tmp_path / "out" / "pipelines" / "empty-cpu" / "pipeline.json").read_text())
     assert doc["stages"]["ingest"]["status"] == "failed"

@@ -60,6 +60,12 @@ class Generator(ABC):
         self.sources = sources.set_index("relpath", drop=False)
 
     @classmethod
+    def preflight(cls, cfg: WeldrayConfig) -> None:
+        """Checks on the driver before Ray starts (missing weights fail here, once, with their name); copy_paste
+        needs nothing beyond the photos its plan checks."""
+        return None
+
+    @classmethod
     @abstractmethod
     def plan(cls, cfg: WeldrayConfig, sources: pd.DataFrame) -> list[Task]:
         """The tasks for ``synthetic.n_per_class`` images per class (raises :class:`GeneratorUnavailable`)."""
@@ -91,7 +97,6 @@ def round_robin(label: str, label_index: int, sources: list[str], n: int, seed: 
     return [Task(label, sources[i % len(sources)], task_seed(seed, label_index, i)) for i in range(n)]
 
 
-GeneratorFactory = Callable[[WeldrayConfig, pd.DataFrame], Generator]
 _REGISTRY: dict[str, Callable[[], type[Generator]]] = {}
 
 
@@ -123,5 +128,14 @@ def list_generators() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _sdxl_turbo() -> type[Generator]:
+    from weldray.synthetic.sdxl import SdxlTurboAdapter
+
+    return SdxlTurboAdapter
+
+
 def _import_builtin() -> None:
     import weldray.synthetic.copy_paste  # noqa: F401  (registers copy_paste)
+
+    if "sdxl_turbo" not in _REGISTRY:
+        register_lazy("sdxl_turbo", _sdxl_turbo)

@@ -143,6 +143,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
         raise GeneratorUnavailable("synthetic.generator=none: choose copy_paste or sdxl_turbo")
     rows, description, manifest_path = source_rows(input_uri, cfg)
     gen_cls = generator_class(syn.generator)
+    gen_cls.preflight(cfg)
     tasks = gen_cls.plan(cfg, rows)
     prev = load_previous(output, endpoint)
     done = set() if prev is None else set(zip(prev["source"], prev["seed"].astype(int), strict=True))
