@@ -10,6 +10,7 @@ locations to copy, and :meth:`CopyPasteGenerator.plan` says so instead of guessi
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import cv2
@@ -18,7 +19,10 @@ import pandas as pd
 
 from weldray.config import WeldrayConfig
 from weldray.data.labels import Box, boxes_from_json
+from weldray.preprocessing import ImageError
 from weldray.synthetic.base import Generated, Generator, GeneratorUnavailable, Task, register, round_robin
+
+log = logging.getLogger(__name__)
 
 # Smallest pasted patch side (pixels); tinier boxes are label noise.
 MIN_PATCH_PX = 6
@@ -58,6 +62,8 @@ class CopyPasteGenerator(Generator):
         self.defects = _boxes(sources[sources["label"] == self.bad_label], syn.defect_box_classes)
         # Every (photo, defect box): the patch pool of bad images and the size pool of good-bead patches.
         self.defect_pool = [(r, b) for r, boxes in sorted(self.defects.items()) for b in boxes]
+        # Patch sources that failed to load (broken since ingest): skipped from then on, listed in the params.
+        self.broken: set[str] = set()
 
     @classmethod
     def plan(cls, cfg: WeldrayConfig, sources: pd.DataFrame) -> list[Task]:
@@ -107,7 +113,11 @@ class CopyPasteGenerator(Generator):
         sources, patches = [task.source], []
         for _ in range(int(rng.integers(1, syn.max_patches + 1))):
             for _ in range(PATCH_TRIES):
-                src, crop, size_box = self._patch(task, rng)
+                try:
+                    src, crop, size_box = self._patch(task, rng)
+                except ImageError as exc:
+                    log.warning("patch source skipped: %s", exc)
+                    continue
                 placed = self._paste(image, crop, size_box, weld, rng)
                 if placed is not None:
                     break
@@ -119,26 +129,42 @@ class CopyPasteGenerator(Generator):
                 sources.append(src)
         if not patches:
             raise ValueError(f"weld box {weld} of {task.source} is too small for any patch")
-        return Generated(image, sources, {"weld_box": list(weld), "patches": patches})
+        params: dict[str, Any] = {"weld_box": list(weld), "patches": patches}
+        if self.broken:
+            params["unreadable_patch_sources"] = sorted(self.broken)
+        return Generated(image, sources, params)
 
     def _patch(self, task: Task, rng: np.random.Generator) -> tuple[str, np.ndarray, Box]:
         """(source id, patch pixels, the box giving its size relative to the image)."""
-        src, defect = self.defect_pool[rng.integers(len(self.defect_pool))]
         if task.label == self.bad_label:
-            img = self.load(src)
+            pool = [p for p in self.defect_pool if p[0] not in self.broken]
+            if not pool:
+                raise ImageError("every defect patch source is unreadable")
+            src, defect = pool[rng.integers(len(pool))]
+            img = self._load_patch_source(src)
             x0, y0, x1, y1 = defect.pixels(img.shape[1], img.shape[0])
             return src, img[y0:y1, x0:x1], defect
         # A good-bead patch of a defect patch's size, from another good photo's bead (seams on both classes).
-        others = [r for r in sorted(self.welds) if r != task.source] or [task.source]
+        defect = self.defect_pool[rng.integers(len(self.defect_pool))][1]
+        others = [r for r in sorted(self.welds) if r != task.source and r not in self.broken] or [task.source]
         src = others[rng.integers(len(others))]
         bead = self.welds[src][rng.integers(len(self.welds[src]))]
         w, h = min(defect.w, bead.w), min(defect.h, bead.h)
         x = bead.x + rng.uniform(-(bead.w - w) / 2, (bead.w - w) / 2)
         y = bead.y + rng.uniform(-(bead.h - h) / 2, (bead.h - h) / 2)
         box = Box(bead.cls, x, y, w, h)
-        img = self.load(src)
+        img = self._load_patch_source(src)
         x0, y0, x1, y1 = box.pixels(img.shape[1], img.shape[0])
         return src, img[y0:y1, x0:x1], box
+
+    def _load_patch_source(self, relpath: str) -> np.ndarray:
+        if relpath in self.broken:
+            raise ImageError(f"{relpath} could not be read before")
+        try:
+            return self.load(relpath)
+        except (ImageError, OSError) as exc:
+            self.broken.add(relpath)
+            raise ImageError(f"patch source {relpath}: {exc}") from exc
 
     def _paste(
         self, image: np.ndarray, crop: np.ndarray, size_box: Box, weld: tuple[int, int, int, int],

@@ -28,24 +28,31 @@ log = logging.getLogger(__name__)
 
 
 class Teacher:
-    """Frozen backbone + logistic regression, fitted on real train rows."""
+    """Frozen backbone + standardised logistic regression, fitted on real train rows."""
 
     def __init__(self, cfg: WeldrayConfig, rows: pd.DataFrame) -> None:
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import cross_val_score
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
 
         from weldray.preprocessing import load_image
         from weldray.training.trainer import initial_model
 
         self.cfg, self.classes = cfg, cfg.data.labels
+        if rows["label"].nunique() < 2:
+            raise ValueError(f"the gate's teacher needs train photos of both classes, got {rows['label'].unique()}")
         self.model = initial_model(cfg, self.classes).eval()
         feats = self.features([np.asarray(load_image(p)) for p in rows["path"]])
         y = rows["label_index"].to_numpy()
-        self.clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(feats, y)
+
+        def classifier() -> Any:
+            return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, class_weight="balanced"))
+
+        self.clf = classifier().fit(feats, y)
         folds = int(min(5, np.bincount(y).min()))
         self.cv_accuracy = (
-            float(cross_val_score(LogisticRegression(max_iter=2000, class_weight="balanced"), feats, y,
-                                  cv=folds, scoring="balanced_accuracy").mean())
+            float(cross_val_score(classifier(), feats, y, cv=folds, scoring="balanced_accuracy").mean())
             if folds >= 2 else float("nan")
         )
         self.train_ids = sorted(rows["relpath"])
