@@ -36,14 +36,22 @@ class Teacher:
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        from weldray.preprocessing import load_image
+        from weldray.preprocessing import ImageError, load_image
         from weldray.training.trainer import initial_model
 
         self.cfg, self.classes = cfg, cfg.data.labels
+        self.model = initial_model(cfg, self.classes).eval()
+        images, used = [], []
+        for i, path in enumerate(rows["path"]):
+            try:
+                images.append(np.asarray(load_image(path)))
+                used.append(i)
+            except (ImageError, OSError) as exc:  # broken since ingest: the teacher learns without it
+                log.warning("teacher: skipping %s: %s", path, exc)
+        rows = rows.iloc[used]
         if rows["label"].nunique() < 2:
             raise ValueError(f"the gate's teacher needs train photos of both classes, got {rows['label'].unique()}")
-        self.model = initial_model(cfg, self.classes).eval()
-        feats = self.features([np.asarray(load_image(p)) for p in rows["path"]])
+        feats = self.features(images)
         y = rows["label_index"].to_numpy()
 
         def classifier() -> Any:
