@@ -65,6 +65,13 @@ class WeldrayConfig:
 
     def __post_init__(self) -> None:
         check_choice("profile", self.profile, PROFILES)
+        t = self.training
+        if t.mix_real_ratio < 1 and self.synthetic.generator == "none" and t.synthetic_data is None:
+            raise ConfigError(
+                "training.mix_real_ratio",
+                f"{t.mix_real_ratio} needs synthetic images: choose synthetic.generator (copy_paste, sdxl_turbo) "
+                "or set training.synthetic_data to a `weldray generate` output",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
