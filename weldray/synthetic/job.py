@@ -106,6 +106,14 @@ class GenerateActor:
         return {k: [r[k] for r in rows] for k in RECORD_COLUMNS}
 
 
+def generate_loop(tasks: list[Task], rows: pd.DataFrame, output: str, cfg: WeldrayConfig) -> pd.DataFrame:
+    """The actors' work (generate, encode, write, record) in one process without Ray: the benchmark's baseline."""
+    actor = GenerateActor(cfg, rows, output)
+    batch = {"label": np.array([t.label for t in tasks]), "source": np.array([t.source for t in tasks]),
+             "seed": np.array([t.seed for t in tasks])}
+    return pd.DataFrame(actor(batch), columns=RECORD_COLUMNS)
+
+
 def source_rows(input_uri: str, cfg: WeldrayConfig) -> tuple[pd.DataFrame, str, str]:
     """(the train rows of this config, their description, the manifest path) for a folder, URI or manifest."""
     from weldray.data import load_manifest, resolve_dataset
