@@ -42,17 +42,16 @@ class SdxlTurboAdapter(Generator):
     def generate(self, tasks: list[Task]) -> list[Generated | Exception]:
         from PIL import Image
 
-        results: list[Generated | Exception] = []
+        results: list[Generated | Exception | None] = [None] * len(tasks)
         usable: list[tuple[int, Image.Image]] = []
         for i, task in enumerate(tasks):
             try:
                 usable.append((i, Image.fromarray(self.load(task.source))))
-                results.append(ValueError("not generated"))
             except (OSError, ValueError) as exc:  # a source broken since ingest: recorded, skipped
-                results.append(exc)
+                results[i] = exc
         if usable:
             made = self.inner.generate([img for _, img in usable], [tasks[i].label for i, _ in usable],
                                        [tasks[i].seed for i, _ in usable])
             for (i, _), (image, params) in zip(usable, made, strict=True):
                 results[i] = Generated(np.asarray(image.convert("RGB")), [tasks[i].source], params)
-        return results
+        return [r for r in results if r is not None]
