@@ -83,6 +83,15 @@ def test_boxes_beside_class_folders_go_into_the_manifest(tmp_path: Path, cfg) ->
                                      "boxes_per_class": {"Good Weld": 9, "Bad Weld": 8, "Defect": 8}}
 
 
+def test_relative_dataset_root_finds_its_labels(tmp_path: Path, cfg, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    root = write_dataset(tmp_path / "ds", 8)
+    _write_labels(root, "good_welds", [f"good_{i:03d}" for i in range(8)], "0 0.5 0.5 0.8 0.3\n")
+    monkeypatch.chdir(tmp_path)
+    df = load_manifest(ingest("ds", cfg).manifest_path)
+    assert df.loc[df["label"] == "good_weld", "boxes"].notna().all()
+    assert boxes_from_json(df["boxes"].iloc[0]) == [Box("0", 0.5, 0.5, 0.8, 0.3)]  # no data.yaml: index names
+
+
 def test_dataset_without_labels_is_unchanged(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
     result = ingest(str(write_dataset(tmp_path / "ds", 8)), cfg)
     df = load_manifest(result.manifest_path)

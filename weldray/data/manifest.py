@@ -170,7 +170,7 @@ def _scan_export_layout(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str
         rel = uri[len(base) + 1 :]
         label_rel = export_label_path(rel)
         if label_rel is not None:
-            found.append((uri, rel, data_cfg.yolo_default_label, io.join(root, label_rel)))
+            found.append((uri, rel, data_cfg.yolo_default_label, io.join(base, label_rel)))
     if not found:
         raise FileNotFoundError(f"{root} has data.yaml but no images/ folder (YOLO export layout)")
     return found, _Labels(names, export_layout=True, files=frozenset(files))
@@ -195,7 +195,8 @@ def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str, st
     ):
         found, labels = _scan_export_layout(root, data_cfg)
         return found, [i for i in ignored if i not in ("images", "labels")], labels
-    labels_root = io.join(root, data_cfg.labels_dir)
+    # Absolute, as io.list_files names the label files it finds (a relative root would never match them).
+    labels_root = io.join(root if io.is_s3(root) else str(Path(root).expanduser().resolve()), data_cfg.labels_dir)
     labels = _Labels(None, export_layout=False)
     if io.exists(labels_root, data_cfg.s3_endpoint_url):
         names = read_class_names(
