@@ -99,6 +99,10 @@ def mix(real: pd.DataFrame, synthetic: pd.DataFrame, ratio: float, seed: int) ->
             f"training.mix_real_ratio={ratio} needs {want} synthetic images and the gate accepted none: lower "
             "synthetic.min_teacher_confidence or generate more (synthetic.n_per_class)"
         )
+    missing = sorted(set(real["label"]) - set(synthetic["label"]))
+    if missing:
+        log.warning("mix: the gate accepted no synthetic %s images: the synthetic share is other classes only "
+                    "(see the generate summary's acceptance)", ", ".join(missing))
     rng = np.random.default_rng(seed)
     shares = synthetic["label"].value_counts(normalize=True).sort_index()
     counts = np.floor(shares.to_numpy() * want).astype(int)
