@@ -21,6 +21,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
+from itertools import chain, zip_longest
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -297,8 +298,8 @@ def contact_sheet(records: pd.DataFrame, n: int, endpoint_url: str | None = None
     for accepted in (True, False):
         part = ok[ok["accepted"] == accepted]
         # Alternate the classes so both show, in a fixed order (the sheet is reproducible).
-        by_class = [g.head(n) for _, g in part.groupby("label")]
-        mixed = [r for group in zip(*[g.itertuples() for g in by_class], strict=False) for r in group]
+        by_class = [g.head(n).itertuples() for _, g in part.groupby("label")]
+        mixed = [r for r in chain.from_iterable(zip_longest(*by_class)) if r is not None]
         picks += mixed[: n // 2 if accepted else n - min(len(mixed), n // 2)] if mixed else []
     picks = picks[:n]
     cap, tiles = 30, []
@@ -312,8 +313,9 @@ def contact_sheet(records: pd.DataFrame, n: int, endpoint_url: str | None = None
         tile.paste(img, (0, cap))
         d = ImageDraw.Draw(tile)
         color = (0, 130, 0) if r.accepted else (200, 0, 0)
-        d.text((3, 2), f"{'KEPT' if r.accepted else 'DROPPED'} {r.label} p={r.teacher_confidence:.2f}", fill=color)
-        d.text((3, 15), (r.gate_reason or PurePosixPath(r.source).name)[:34], fill=color)
+        why = "" if r.accepted else (" near-duplicate" if r.gate_reason.startswith("near") else " by teacher")
+        d.text((3, 2), f"{'KEPT' if r.accepted else 'DROPPED'}{why}", fill=color)
+        d.text((3, 15), f"{r.label} p={r.teacher_confidence:.2f} {PurePosixPath(r.source).stem}"[:34], fill=color)
         tiles.append(tile)
     cols = min(4, len(tiles))
     sheet = Image.new("RGB", (cols * (THUMB + 8), ((len(tiles) + cols - 1) // cols) * (THUMB + cap + 8)),
