@@ -139,3 +139,21 @@ def test_mix_draws_per_class_shares_without_replacement_while_the_pool_lasts() -
     assert int(small["synthetic"].sum()) == 20
     with pytest.raises(ValueError, match="accepted none"):
         mix(real, pool.head(0), 0.5, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_cv_fold_trains_on_the_mix_from_the_pipeline_layout(fold0, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Ray Train end to end: fold 0 finds its set under <synthetic_data>/fold0/, trains on real + synthetic
+    rows in the configured ratio and is tested on real photos of its held-out fold only."""
+    from weldray.training import train
+
+    cfg, manifest_path, manifest, _, out, _ = fold0
+    shutil.copytree(out, tmp_path / "generate" / "fold0")
+    run = train(load_config([*TINY, f"output_dir={tmp_path / 'runs'}", "training.cv_fold=0",
+                             f"data.root={manifest_path}", "training.mix_real_ratio=0.5",
+                             f"training.synthetic_data={tmp_path / 'generate'}"]))
+    metrics = json.loads((run / "metrics.json").read_text())
+    n_real = len(split_rows(manifest, 0).train)
+    assert metrics["n_train"] == 2 * n_real and metrics["n_train_synthetic"] == n_real
+    assert metrics["n_test"] == int((manifest["fold"] == 0).sum())
