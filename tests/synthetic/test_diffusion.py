@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,12 +10,11 @@ import numpy as np
 import pytest
 
 from tests.synthetic.tiny_sdxl import TinySdxl, tiny_config, tiny_sdxl, weld_photo  # noqa: F401  (session fixture)
-from weldray.config import ConfigError
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'weldray[synth]')")
 
+from weldray.config.synthetic import BASE_GUIDANCE_SCALE  # noqa: E402
 from weldray.synthetic.diffusion import (  # noqa: E402
-    BASE_GUIDANCE_SCALE,
     MissingWeightsError,
     SdxlTurboGenerator,
     check_weights,
@@ -142,11 +140,9 @@ def test_hub_id_offline_and_not_cached_fails_before_loading(
         check_weights(tiny_config(tiny_sdxl, controlnet_model="xinsir/controlnet-tile-sdxl-1.0"))
 
 
-def test_missing_lora_and_unrunnable_sampling_fail_fast(tmp_path: Path, tiny_sdxl: TinySdxl) -> None:  # noqa: F811
+def test_missing_lora_fails_fast(tmp_path: Path, tiny_sdxl: TinySdxl) -> None:  # noqa: F811
     with pytest.raises(MissingWeightsError, match=r"synthetic\.lora_path.*weldray train-lora"):
         check_weights(tiny_config(tiny_sdxl, lora_path=str(tmp_path / "lora")))
-    with pytest.raises(ConfigError, match=r"synthetic\.strength"):
-        check_weights(dataclasses.replace(tiny_config(tiny_sdxl), num_inference_steps=1, strength=0.5))
 
 
 def test_base_model_samples_with_classifier_free_guidance(
@@ -157,3 +153,8 @@ def test_base_model_samples_with_classifier_free_guidance(
     turbo, _ = generator.generate([weld_photo(6)], ["bad_weld"], [8])[0]
     assert params["guidance_scale"] == BASE_GUIDANCE_SCALE > 1 and params["base_model"] == "base"
     assert np.abs(np.asarray(image, dtype=np.int16) - np.asarray(turbo, dtype=np.int16)).mean() > 0.1
+    # synthetic.guidance_scale reaches the sampler: another scale, another image.
+    weak = SdxlTurboGenerator(tiny_config(tiny_sdxl, base_model="base", guidance_scale=1.5), device="cpu")
+    weak_image, weak_params = weak.generate([weld_photo(6)], ["bad_weld"], [8])[0]
+    assert weak_params["guidance_scale"] == 1.5
+    assert np.abs(np.asarray(image, dtype=np.int16) - np.asarray(weak_image, dtype=np.int16)).mean() > 0.1

@@ -9,6 +9,10 @@ from weldray.config._base import ConfigError, check_choice, check_fraction, chec
 
 GENERATORS = ("none", "copy_paste", "sdxl_turbo")
 BASE_MODELS = ("turbo", "base")
+#: Sampling steps each base model is made for: turbo is distilled to 1-4 steps, SDXL base needs more.
+MAX_INFERENCE_STEPS = {"turbo": 4, "base": 50}
+#: Classifier-free guidance of SDXL base when synthetic.guidance_scale is null (turbo samples without guidance).
+BASE_GUIDANCE_SCALE = 5.0
 
 
 @dataclass
@@ -56,11 +60,21 @@ class SyntheticConfig:
     lora_rank: int = 8
     lora_lr: float = 1e-4
     lora_steps: int = 500
+    # turbo: 1-4; base: 1-50. img2img denoises int(num_inference_steps * strength) of them (at least 1).
     num_inference_steps: int = 2
     # img2img strength: how far from the source photo (0 = copy, 1 = ignore it).
     strength: float = 0.5
+    # Classifier-free guidance. base: null = 5.0; turbo is distilled to sample without it, so only null or 0.
+    guidance_scale: Optional[float] = None
     controlnet_conditioning_scale: float = 0.8
     image_size: int = 512
+
+    @property
+    def sampling_guidance_scale(self) -> float:
+        """The guidance generation uses: 0 for turbo, ``guidance_scale`` (null: 5.0) for base."""
+        if self.base_model == "turbo":
+            return 0.0
+        return BASE_GUIDANCE_SCALE if self.guidance_scale is None else self.guidance_scale
 
     def __post_init__(self) -> None:
         check_choice("synthetic.generator", self.generator, GENERATORS)
@@ -93,10 +107,28 @@ class SyntheticConfig:
         check_positive("synthetic.lora_rank", self.lora_rank)
         check_positive("synthetic.lora_lr", self.lora_lr)
         check_positive("synthetic.lora_steps", self.lora_steps)
-        if not 1 <= self.num_inference_steps <= 4:
-            raise ConfigError("synthetic.num_inference_steps", f"must be in [1, 4], got {self.num_inference_steps}")
+        max_steps = MAX_INFERENCE_STEPS[self.base_model]
+        if not 1 <= self.num_inference_steps <= max_steps:
+            raise ConfigError(
+                "synthetic.num_inference_steps",
+                f"must be in [1, {max_steps}] for base_model={self.base_model}, got {self.num_inference_steps}",
+            )
         if not 0 < self.strength <= 1:
             raise ConfigError("synthetic.strength", f"must be in (0, 1], got {self.strength}")
+        if int(self.num_inference_steps * self.strength) < 1:
+            # diffusers would refuse the 0 steps deep inside a worker.
+            raise ConfigError(
+                "synthetic.strength",
+                f"strength {self.strength} x num_inference_steps {self.num_inference_steps} must be >= 1 (img2img "
+                "runs int(steps * strength) denoising steps)",
+            )
+        if self.guidance_scale is not None:
+            check_positive("synthetic.guidance_scale", self.guidance_scale, allow_zero=True)
+            if self.base_model == "turbo" and self.guidance_scale != 0:
+                raise ConfigError(
+                    "synthetic.guidance_scale",
+                    f"base_model=turbo samples without classifier-free guidance: null or 0, got {self.guidance_scale}",
+                )
         check_positive("synthetic.controlnet_conditioning_scale", self.controlnet_conditioning_scale, allow_zero=True)
         if self.image_size < 64 or self.image_size % 8:
             raise ConfigError("synthetic.image_size", f"must be a multiple of 8, >= 64, got {self.image_size}")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weldray.config._base import ConfigError
 from weldray.config.synthetic import SyntheticConfig
 from weldray.text_removal.detectors import MissingWeightsError, resolve_device
 
@@ -29,8 +28,6 @@ CLASS_PROMPTS: dict[str, str] = {
     "good_weld": "a photo of a good weld, clean uniform weld bead",
     "bad_weld": "a photo of a bad weld with defects, porosity cracks spatter",
 }
-#: Classifier-free guidance of SDXL base (turbo is distilled to run without guidance).
-BASE_GUIDANCE_SCALE = 5.0
 #: The file ``save_lora_weights`` writes into a LoRA folder.
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -168,16 +165,9 @@ def lora_file(cfg: SyntheticConfig) -> Path | None:
 def check_weights(cfg: SyntheticConfig, *, generation: bool = True) -> None:
     """Fail fast (on the driver, before Ray or any worker starts) when a configured model cannot be loaded.
 
-    ``generation``: also the ControlNet, the LoRA of ``synthetic.lora_path`` and the sampling settings; LoRA
-    training (``generation=False``) needs the SDXL pipeline only.
+    ``generation``: also the ControlNet and the LoRA of ``synthetic.lora_path``; LoRA training
+    (``generation=False``) needs the SDXL pipeline only. (Sampling settings are validated by SyntheticConfig.)
     """
-    if generation and int(cfg.num_inference_steps * cfg.strength) < 1:
-        # img2img runs int(steps * strength) denoising steps; diffusers refuses 0 deep inside the worker.
-        raise ConfigError(
-            "synthetic.strength",
-            f"strength {cfg.strength} x num_inference_steps {cfg.num_inference_steps} must be >= 1 (img2img "
-            "runs int(steps * strength) denoising steps)",
-        )
     sdxl = resolve_source(cfg, "sdxl_model")
     if sdxl.local_dir is not None:
         _check_local_pipeline(sdxl, sdxl.local_dir)
@@ -217,10 +207,6 @@ def configure_scheduler(pipe: Any, base_model: str) -> None:
         pipe.scheduler = EulerAncestralDiscreteScheduler.from_config(pipe.scheduler.config, timestep_spacing="trailing")
 
 
-def guidance_scale(base_model: str) -> float:
-    return 0.0 if base_model == "turbo" else BASE_GUIDANCE_SCALE
-
-
 def output_size(width: int, height: int, image_size: int, multiple: int) -> tuple[int, int]:
     """The source's aspect ratio with its long side ``image_size``, both sides multiples of ``multiple``."""
     scale = image_size / max(width, height)
@@ -253,7 +239,7 @@ class SdxlTurboGenerator:
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(self.device)
         self.multiple = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-        self.guidance_scale = guidance_scale(cfg.base_model)
+        self.guidance_scale = cfg.sampling_guidance_scale
         self.model_ids = {
             "sdxl_model": cfg.sdxl_model,
             "controlnet_model": cfg.controlnet_model,
