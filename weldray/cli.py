@@ -15,7 +15,7 @@ from weldray.data.cli import ingest
 from weldray.export.cli import export
 from weldray.inference.cli import predict, serve
 from weldray.pipeline_cli import pipeline
-from weldray.synthetic.cli import generate
+from weldray.synthetic.cli import generate, train_lora
 from weldray.text_removal.cli import clean, train_segmenter
 from weldray.training.cli import cv, evaluate, train
 
@@ -41,7 +41,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug log
 
 
 # Commands in pipeline order; one line per command.
-for command in (ingest, clean, train_segmenter, generate, train, cv, evaluate, export, predict, serve, pipeline,
-                submit):
+for command in (ingest, clean, train_segmenter, train_lora, generate, train, cv, evaluate, export, predict, serve,
+                pipeline, submit):
     app.command()(command)
 app.add_typer(cluster_app, name="cluster")

@@ -20,6 +20,7 @@ def generate(
 
     from weldray.synthetic.base import GeneratorUnavailable
     from weldray.synthetic.job import generate as run
+    from weldray.synthetic.lineage import LineageError
 
     with exit_on_user_error():
         from weldray.config import load_config
@@ -27,7 +28,7 @@ def generate(
         cfg = load_config(list(overrides or []))
     try:
         report = run(input, output, cfg, progress=True)
-    except (GeneratorUnavailable, FileNotFoundError, ImportError) as exc:
+    except (GeneratorUnavailable, LineageError, FileNotFoundError, ImportError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     s = report.summary
@@ -38,4 +39,29 @@ def generate(
         f"({s['n_resumed']} resumed), {s['n_rejects']} rejected sources/tasks; accepted {rates}"
     )
     console.print(f"records {report.records_path}\nsheet   {report.contact_sheet_path}")
+    print_result(output)
+
+
+def train_lora(
+    input: str = typer.Argument(..., help="Dataset folder, s3:// URI or manifest.parquet with the real photos."),
+    output: str = typer.Argument(..., help="Folder for the LoRA (diffusers format) and its train_log.json."),
+    overrides: list[str] | None = typer.Argument(
+        None, help="Hydra overrides, e.g. synthetic.sdxl_model=/models/sdxl-turbo synthetic.lora_steps=1000."
+    ),
+) -> None:
+    """Fine-tune a LoRA of synthetic.sdxl_model on the real train rows (training.cv_fold / holdout select them,
+    as for `weldray generate`), captioned by class; use it with synthetic.lora_path=OUTPUT."""
+    from weldray.text_removal.detectors import MissingWeightsError
+
+    with exit_on_user_error():
+        from weldray.config import load_config
+
+        cfg = load_config(list(overrides or []))
+    try:
+        from weldray.synthetic.lora import train_lora_on_dataset
+
+        train_lora_on_dataset(input, output, cfg)
+    except (MissingWeightsError, FileNotFoundError, ImportError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
     print_result(output)
