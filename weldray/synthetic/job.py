@@ -31,6 +31,7 @@ import pandas as pd
 from weldray import io as wio
 from weldray.config import WeldrayConfig
 from weldray.synthetic.base import GeneratorUnavailable, Task, generator_class
+from weldray.synthetic.lineage import lora_lineage
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     rows, description, manifest_path = source_rows(input_uri, cfg)
     gen_cls = generator_class(syn.generator)
     gen_cls.preflight(cfg)
+    lora = lora_lineage(cfg, rows)
     tasks = gen_cls.plan(cfg, rows)
     prev = load_previous(output, endpoint)
     done = set() if prev is None else set(zip(prev["source"], prev["seed"].astype(int), strict=True))
@@ -196,7 +198,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     records = records.sort_values(["label", "source", "seed"], ignore_index=True)
     records = apply_gate(records, rows, cfg, output)
     summary = _summary(records, cfg, rows, description, manifest_path, n_tasks=len(tasks), n_new=len(todo),
-                       wall_s=wall)
+                       wall_s=wall, lora=lora)
     return _write(records, summary, output, cfg)
 
 
@@ -240,7 +242,7 @@ def _delete(uri: str, endpoint_url: str | None) -> None:
 
 
 def _summary(records: pd.DataFrame, cfg: WeldrayConfig, rows: pd.DataFrame, description: str, manifest_path: str,
-             *, n_tasks: int, n_new: int, wall_s: float) -> dict[str, Any]:
+             *, n_tasks: int, n_new: int, wall_s: float, lora: dict | None) -> dict[str, Any]:
     from weldray.synthetic.gate import acceptance
 
     rejects = records[records["status"] == "reject"]
@@ -261,6 +263,8 @@ def _summary(records: pd.DataFrame, cfg: WeldrayConfig, rows: pd.DataFrame, desc
         "n_accepted": int(records["accepted"].sum()),
         "acceptance": acceptance(records),
         "teacher": records.attrs.get("teacher"),
+        # The LoRA's training photos: it influences every image (training checks them like the sources).
+        "lora": lora,
         "min_teacher_confidence": cfg.synthetic.min_teacher_confidence,
         "generate_wall_s": round(wall_s, 2),
         "images_per_s": round(generated_now / wall_s, 3) if n_new and wall_s > 0 else None,

@@ -1,10 +1,11 @@
 """Synthetic rows for training: which generate output belongs to a run, the lineage guard, and the mix.
 
 A generate output (``weldray generate``, or the pipeline's ``generate/<scope>/`` folders) records for every
-image the real photos it came from, and its summary the rows its gate's teacher was fitted on. Training takes a
-synthetic image only when all of those lie in its own train rows: otherwise a held-out photo (test split, CV
-fold) would influence the model judged on it. A violation is refused with an error, never silently dropped,
-because it means the synthetic set was made for another split.
+image the real photos it came from, and its summary the rows its gate's teacher was fitted on and the photos
+the diffusion LoRA (``synthetic.lora_path``) was trained on: a LoRA influences every image made with it.
+Training takes a synthetic image only when all of those lie in its own train rows: otherwise a held-out photo
+(test split, CV fold) would influence the model judged on it. A violation is refused with an error, never
+silently dropped, because it means the synthetic set was made for another split.
 """
 
 from __future__ import annotations
@@ -84,6 +85,41 @@ def check_lineage(records: pd.DataFrame, summary: dict, train: pd.DataFrame, whe
             f"{where}: the gate's teacher was fitted on {len(leaked)} photos this training holds out "
             f"(e.g. {leaked[:3]}): its verdicts would carry them into training. Generate for this training's rows"
         )
+    lora = summary.get("lora") or {}
+    leaked = sorted(set(lora.get("train_ids", [])) - allowed)
+    if leaked:
+        raise LineageError(
+            f"{where}: the LoRA {lora.get('path')} was trained on {len(leaked)} photos this training holds out "
+            f"(e.g. {leaked[:3]}): every image generated with it carries them. Train the LoRA "
+            "(`weldray train-lora`) and generate with this training's training.cv_fold / holdout"
+        )
+
+
+def lora_lineage(cfg: WeldrayConfig, rows: pd.DataFrame) -> dict | None:
+    """``{"path", "train_ids"}`` of the LoRA the generator uses (None without one), checked on the driver before
+    any worker starts: the LoRA must record its training photos (``weldray train-lora`` writes them) and they
+    must all be among ``rows``, the source rows of this generate run, else its images would carry photos the
+    run's training holds out."""
+    from weldray.synthetic.lora import TRAIN_LOG_NAME, lora_source_ids
+
+    path = cfg.synthetic.lora_path
+    if cfg.synthetic.generator != "sdxl_turbo" or path is None:
+        return None
+    ids = lora_source_ids(path)
+    if ids is None:
+        raise LineageError(
+            f"synthetic.lora_path={path}: no record of the photos the LoRA was trained on ({TRAIN_LOG_NAME} "
+            "with source_ids beside it), so no lineage check could keep held-out photos out of training. "
+            "Train it with `weldray train-lora` and the same training.cv_fold / holdout"
+        )
+    outside = sorted(set(ids) - set(rows["relpath"]))
+    if outside:
+        raise LineageError(
+            f"synthetic.lora_path={path}: the LoRA was trained on {len(outside)} photos outside this run's "
+            f"{len(rows)} source rows (e.g. {outside[:3]}). Train it with `weldray train-lora` and the same "
+            "training.cv_fold / holdout as this run"
+        )
+    return {"path": str(path), "train_ids": sorted(ids)}
 
 
 def mix(real: pd.DataFrame, synthetic: pd.DataFrame, ratio: float, seed: int) -> pd.DataFrame:
