@@ -52,11 +52,15 @@ def fold_config(models: TinySdxl, tmp: Path, fold: int, lora: Path):  # type: ig
 
 
 def test_generate_refuses_a_lora_that_saw_a_held_out_photo(
-    manifest: tuple[Path, pd.DataFrame], tiny_sdxl: TinySdxl, tmp_path: Path  # noqa: F811
+    manifest: tuple[Path, pd.DataFrame], tiny_sdxl: TinySdxl, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
-    import ray
-
+    import weldray.ray_utils
     from weldray.synthetic.job import generate
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started: the refusal must come before any worker")
+
+    monkeypatch.setattr(weldray.ray_utils, "init_ray", no_ray)
 
     path, rows = manifest
     fold0_train = sorted(split_rows(rows, 0).train["relpath"])  # = fold 1's held-out photos
@@ -68,7 +72,7 @@ def test_generate_refuses_a_lora_that_saw_a_held_out_photo(
     out = tmp_path / "syn"
     with pytest.raises(LineageError, match=r"LoRA was trained on \d+ photos outside this run's"):
         generate(str(path), str(out), fold_config(tiny_sdxl, tmp_path, 1, lora), progress=False)
-    assert not out.exists() and not ray.is_initialized()
+    assert not out.exists()
     unrecorded = fake_lora(tmp_path / "lora_elsewhere", None)
     with pytest.raises(LineageError, match="no record of the photos the LoRA was trained on"):
         generate(str(path), str(out), fold_config(tiny_sdxl, tmp_path, 0, unrecorded), progress=False)
