@@ -55,7 +55,8 @@ class SyntheticConfig:
     controlnet_model: str = "xinsir/controlnet-tile-sdxl-1.0"
     # turbo: distilled few-step model; base: SDXL base (LoRA on a distilled model can blur its few-step output).
     base_model: str = "turbo"
-    # LoRA weights (diffusers format) written by `weldray train-lora`; None = the base model alone.
+    # LoRA weights (diffusers format) written by `weldray train-lora`; None = the base model alone. Its
+    # train_log.json must name the photos it saw, all among the generate run's source rows (lineage).
     lora_path: Optional[str] = None
     lora_rank: int = 8
     lora_lr: float = 1e-4
