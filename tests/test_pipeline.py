@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.data.helpers import write_dataset
@@ -13,7 +14,7 @@ from weldray.pipeline import PIPELINE, StageError, run_pipeline, split_args
 
 
 def test_stage_order_is_the_documented_one() -> None:
-    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "train", "evaluate", "export")
+    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "generate", "train", "evaluate", "export")
 
 
 def test_split_args_turns_data_into_an_override() -> None:
@@ -64,8 +65,42 @@ def test_failed_stage_is_recorded_with_how_to_rerun(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "good_welds").mkdir(parents=True)
     (empty / "bad_welds").mkdir()
-    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,train,evaluate,export\]"):
+    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,generate,train,evaluate,export\]"):
         run_pipeline(_overrides(tmp_path, empty))
     doc = json.loads((tmp_path / "out" / "pipelines" / "empty-cpu" / "pipeline.json").read_text())
     assert doc["stages"]["ingest"]["status"] == "failed"
     assert "no files" in doc["stages"]["ingest"]["note"]
+
+
+@pytest.mark.ray
+def test_generate_stage_makes_one_set_per_training_and_is_cached(tmp_path: Path) -> None:
+    from tests.synthetic.helpers import write_labelled_dataset
+
+    data = write_labelled_dataset(tmp_path / "ds", 8)
+    tiny = ["profile=quick_test", "model.backbone=test_efficientnet", "model.pretrained=false",
+            "model.image_size=64", "synthetic.n_per_class=3", "synthetic.concurrency=1",
+            "synthetic.min_teacher_confidence=0", "pipeline.cv_folds=[1]"]
+    overrides = _overrides(tmp_path, data, "pipeline.stages=[clean,ingest,generate]", *tiny)
+
+    run_dir = run_pipeline([*overrides, "training.mix_real_ratio=1.0"])
+    stage = json.loads((run_dir / "pipeline.json").read_text())["stages"]["generate"]
+    assert stage["status"] == "skipped" and "mix_real_ratio=1.0" in stage["note"]
+
+    run_pipeline([*overrides, "training.mix_real_ratio=0.5"])
+    stage = json.loads((run_dir / "pipeline.json").read_text())["stages"]["generate"]
+    assert stage["status"] == "done"
+    out = Path(stage["outputs"]["synthetic_data"])
+    fold1 = json.loads((out / "fold1" / "_synthetic" / "summary.json").read_text())
+    final = json.loads((out / "all" / "_synthetic" / "summary.json").read_text())
+    manifest = pd.read_parquet(run_dir / "dataset" / "manifest.parquet")
+    assert set(fold1["source_rows"]) == set(manifest.loc[manifest["fold"] != 1, "relpath"])
+    assert set(final["source_rows"]) == set(manifest["relpath"])
+    assert {"fold1.bad_weld.acceptance_rate", "all.good_weld.acceptance_rate"} <= set(stage["metrics"])
+
+    run_pipeline([*overrides, "training.mix_real_ratio=0.5"])  # unchanged inputs: not generated again
+    again = json.loads((run_dir / "pipeline.json").read_text())["stages"]["generate"]
+    assert again["started"] == stage["started"]
+    none = run_pipeline([*overrides, "training.mix_real_ratio=0.5", "synthetic.generator=none",
+                         "training.synthetic_data=elsewhere"])
+    stage = json.loads((none / "pipeline.json").read_text())["stages"]["generate"]
+    assert stage["status"] == "skipped" and stage["note"] == "synthetic.generator=none"

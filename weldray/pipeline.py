@@ -1,4 +1,4 @@
-"""The end-to-end pipeline: clean -> ingest -> train -> evaluate -> export.
+"""The end-to-end pipeline: clean -> ingest -> generate -> train -> evaluate -> export.
 
 Each stage's inputs, outputs, metrics and timing are recorded in ``RUN_DIR/pipeline.json``.
 A stage whose input key (its config slice plus the keys of the stages before it) is unchanged
@@ -163,10 +163,54 @@ def _ingest(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
             "split_report": str(result.manifest_dir / "split_report.md")}, metrics
 
 
+# --- generate ----------------------------------------------------------------------------------------
+
+def _generate_skip(run: PipelineRun) -> str | None:
+    if run.cfg.synthetic.generator == "none":
+        return "synthetic.generator=none"
+    if run.cfg.training.mix_real_ratio >= 1:
+        return "training.mix_real_ratio=1.0: training uses real photos only"
+    if run.cfg.training.synthetic_data is not None:
+        return f"training.synthetic_data={run.cfg.training.synthetic_data} is given"
+    return None
+
+
+def _generate_preflight(run: PipelineRun) -> None:
+    from weldray.synthetic.base import generator_class
+
+    generator_class(run.cfg.synthetic.generator).preflight(run.cfg)
+
+
+def _generate(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    """One synthetic set per training the train stage runs (each CV fold, then the final fit), each made from
+    and gated on that training's own rows only: ``generate/<scope>/`` (weldray.synthetic.lineage)."""
+    from dataclasses import replace
+
+    from weldray.synthetic.job import generate
+    from weldray.synthetic.lineage import scope_name
+
+    cfg = _train_config(run)
+    out = run.run_dir / "generate"
+    folds = [] if cfg.training.holdout else (cfg.pipeline.cv_folds or list(range(cfg.data.n_folds)))
+    metrics: dict[str, Any] = {}
+    for fold in [*folds, None]:
+        scoped = replace(cfg, training=replace(cfg.training, cv_fold=fold))
+        scope = scope_name(scoped.training)
+        summary = generate(run.output("ingest", "manifest"), str(out / scope), scoped, progress=True).summary
+        for label, a in summary["acceptance"].items():
+            metrics[f"{scope}.{label}.accepted"] = a["accepted"]
+            metrics[f"{scope}.{label}.acceptance_rate"] = a["acceptance_rate"]
+    return {"synthetic_data": str(out)}, metrics
+
+
 # --- train / evaluate / export -----------------------------------------------------------------------
 
 def _train_config(run: PipelineRun) -> WeldrayConfig:
-    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", f"output_dir={run.run_dir}")
+    extra = [f"output_dir={run.run_dir}"]
+    generated = run.records.get("generate")
+    if generated is not None and generated.status == "done":
+        extra.append(f"training.synthetic_data={generated.outputs['synthetic_data']}")
+    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", *extra)
 
 
 def _train_preflight(run: PipelineRun) -> None:
@@ -238,6 +282,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("clean", lambda r: {"source": r.cfg.data.root, "procedural": asdict(r.cfg.data.procedural),
                               **_slice(r.cfg, "text_removal")}, _clean, _clean_skip, _clean_preflight),
     Stage("ingest", lambda r: _slice(r.cfg, "data"), _ingest),
+    Stage("generate", lambda r: {**_slice(r.cfg, "synthetic", "model", "seed"), "cv_folds": r.cfg.pipeline.cv_folds,
+                                 "holdout": r.cfg.training.holdout}, _generate, _generate_skip, _generate_preflight),
     Stage("train", lambda r: {**_slice(r.cfg, "model", "training", "seed"), "cv_folds": r.cfg.pipeline.cv_folds},
           _train, preflight=_train_preflight),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),

@@ -56,13 +56,43 @@ def test_interpolation_follows_output_dir() -> None:
         ("text_removal.segmenter_threshold=1.5", "text_removal.segmenter_threshold"),
         ("export.format=tflite", "export.format"),
         ("training.image_sizes=[100]", "training.image_sizes"),
+        ("synthetic.generator=gan", "synthetic.generator"),
+        ("synthetic.num_inference_steps=8", "synthetic.num_inference_steps"),
+        ("synthetic.base_model=sd15", "synthetic.base_model"),
+        ("synthetic.strength=0", "synthetic.strength"),
+        ("synthetic.strength=0.4", "synthetic.strength"),  # int(2 steps x 0.4) = 0 denoising steps
+        ("synthetic.base_model=base synthetic.num_inference_steps=51", "synthetic.num_inference_steps"),
+        ("synthetic.guidance_scale=5.0", "synthetic.guidance_scale"),  # turbo samples without guidance
+        ("synthetic.base_model=base synthetic.guidance_scale=-1", "synthetic.guidance_scale"),
+        ("synthetic.scale_range=[1.5,0.5]", "synthetic.scale_range"),
+        ("synthetic.min_teacher_confidence=1.5", "synthetic.min_teacher_confidence"),
+        ("synthetic.image_size=100", "synthetic.image_size"),
+        ("data.labels_dir=a/b", "data.labels_dir"),
     ],
 )
 def test_invalid_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_config([override])
+        load_config(override.split())
     assert info.value.key == key
     assert str(info.value).startswith(key)
+
+
+def test_sampling_steps_and_guidance_follow_the_base_model() -> None:
+    turbo = load_config(["synthetic.num_inference_steps=1", "synthetic.strength=1.0"]).synthetic
+    assert turbo.sampling_guidance_scale == 0.0
+    assert load_config(["synthetic.guidance_scale=0"]).synthetic.sampling_guidance_scale == 0.0
+    base = load_config(["synthetic.base_model=base", "synthetic.num_inference_steps=30"]).synthetic
+    assert base.sampling_guidance_scale == 5.0
+    tuned = load_config(["synthetic.base_model=base", "synthetic.guidance_scale=7.5"]).synthetic
+    assert tuned.sampling_guidance_scale == 7.5
+
+
+def test_mixing_without_a_synthetic_source_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(["training.mix_real_ratio=0.5", "synthetic.generator=none"])
+    assert info.value.key == "training.mix_real_ratio" and "synthetic.generator" in str(info.value)
+    assert load_config(["training.mix_real_ratio=0.5", "synthetic.generator=none",
+                        "training.synthetic_data=/data/syn"]).training.synthetic_data == "/data/syn"
 
 
 def test_unknown_key_is_rejected() -> None:

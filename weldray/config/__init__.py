@@ -22,6 +22,7 @@ from weldray.config.model import ModelConfig
 from weldray.config.pipeline import PipelineConfig
 from weldray.config.ray import RayConfig
 from weldray.config.serve import ServeConfig
+from weldray.config.synthetic import SyntheticConfig
 from weldray.config.text_removal import TextRemovalConfig
 from weldray.config.training import TrainingConfig
 
@@ -37,6 +38,7 @@ __all__ = [
     "ProceduralConfig",
     "RayConfig",
     "ServeConfig",
+    "SyntheticConfig",
     "TextRemovalConfig",
     "TrainingConfig",
     "WeldrayConfig",
@@ -55,6 +57,7 @@ class WeldrayConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     text_removal: TextRemovalConfig = field(default_factory=TextRemovalConfig)
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -62,6 +65,13 @@ class WeldrayConfig:
 
     def __post_init__(self) -> None:
         check_choice("profile", self.profile, PROFILES)
+        t = self.training
+        if t.mix_real_ratio < 1 and self.synthetic.generator == "none" and t.synthetic_data is None:
+            raise ConfigError(
+                "training.mix_real_ratio",
+                f"{t.mix_real_ratio} needs synthetic images: choose synthetic.generator (copy_paste, sdxl_turbo) "
+                "or set training.synthetic_data to a `weldray generate` output",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -54,6 +54,12 @@ class DataConfig:
     max_pixels: int = 64_000_000
     # S3-compatible endpoint (MinIO, moto, ...); None -> AWS_ENDPOINT_URL or AWS itself.
     s3_endpoint_url: Optional[str] = None
+    # YOLO box labels: ``<labels_dir>/<class folder>/<stem>.txt`` beside the class folders (read when present).
+    labels_dir: str = "labels"
+    # YOLO export layout (data.yaml + images/ + labels/, no class folders): an image takes the first label
+    # whose box classes it holds, else yolo_default_label.
+    yolo_label_rule: dict[str, list[str]] = field(default_factory=lambda: {"bad_weld": ["Bad Weld", "Defect"]})
+    yolo_default_label: str = "good_weld"
     procedural: ProceduralConfig = field(default_factory=ProceduralConfig)
 
     def __post_init__(self) -> None:
@@ -78,6 +84,8 @@ class DataConfig:
             raise ConfigError("data.n_folds", f"must be >= 2, got {self.n_folds}")
         check_positive("data.min_side", self.min_side)
         check_positive("data.max_pixels", self.max_pixels)
+        if not self.labels_dir or "/" in self.labels_dir:
+            raise ConfigError("data.labels_dir", f"must be a folder name, got {self.labels_dir!r}")
         for ext in self.extensions:
             if not ext.startswith("."):
                 raise ConfigError("data.extensions", f"entries must start with '.', got {ext!r}")

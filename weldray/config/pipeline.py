@@ -7,7 +7,7 @@ from typing import Optional
 
 from weldray.config._base import ConfigError
 
-STAGES = ("clean", "ingest", "train", "evaluate", "export")
+STAGES = ("clean", "ingest", "generate", "train", "evaluate", "export")
 
 
 @dataclass

@@ -43,8 +43,14 @@ class TrainingConfig:
     holdout: bool = False
     # Cross-validation fold held out as the test set (None: no fold held out).
     cv_fold: int | None = None
-    # Fraction of real images per batch when synthetic data is mixed in (1.0 = real only).
+    # Share of real images among each epoch's training samples (1.0 = real only; 0.25 = three synthetic per real):
+    # every real train row plus round(n_real * (1 - r) / r) accepted synthetic images of training.synthetic_data,
+    # drawn once per run in the synthetic pool's class shares. Validation, test, calibration and export checks
+    # use real photos only.
     mix_real_ratio: float = 1.0
+    # A `weldray generate` output (or a folder of them per scope: fold<k>/, all/, holdout/, as the pipeline
+    # writes) for mix_real_ratio < 1. Its images' sources must be this run's train rows (else refused).
+    synthetic_data: str | None = None
     run_name: str | None = None
     # Evaluation: 10-view test-time augmentation (reported alongside the single-view figures).
     tta: bool = False

@@ -14,13 +14,22 @@ import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from weldray import io
-from weldray.config import DataConfig, WeldrayConfig
+from weldray.config import ConfigError, DataConfig, WeldrayConfig
+from weldray.data.labels import (
+    Box,
+    LabelError,
+    boxes_to_json,
+    export_label_path,
+    image_label,
+    parse_yolo,
+    read_class_names,
+)
 from weldray.data.procedural import MASK_DIRS
 from weldray.data.splits import assign_splits, group_near_duplicates, perceptual_hashes
 from weldray.preprocessing import ImageError, decode_image, sniff_format
@@ -29,7 +38,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = [
     "path", "relpath", "label", "label_index", "sha256", "width", "height", "format",
-    "phash", "group", "label_conflict", "split", "fold",
+    "phash", "group", "label_conflict", "split", "fold", "boxes",
 ]
 
 
@@ -72,7 +81,19 @@ class _Inspected:
     height: int = 0
     format: str = ""
     hashes: tuple[int, ...] = ()
+    # YOLO boxes (None: no label file); label_uri: where they come from.
+    boxes: list[Box] | None = None
+    label_uri: str | None = None
     reject: str | None = None
+
+
+@dataclass
+class _Labels:
+    """How this dataset's YOLO labels are found: box class names and, for the export layout, the rule."""
+
+    names: list[str] | None
+    export_layout: bool
+    files: frozenset[str] = frozenset()
 
 
 def default_manifest_dir(root: str, cfg: WeldrayConfig) -> Path:
@@ -84,8 +105,28 @@ def default_manifest_dir(root: str, cfg: WeldrayConfig) -> Path:
     return Path(cfg.output_dir) / "datasets" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
 
 
-def _inspect(path: str, relpath: str, label: str, data_cfg: DataConfig) -> _Inspected:
-    item = _Inspected(path=path, relpath=relpath, label=label)
+def _read_boxes(item: _Inspected, labels: _Labels, data_cfg: DataConfig) -> str | None:
+    """Fill ``item.boxes`` (and its label in the export layout); a reject reason when the labels are unusable."""
+    if item.label_uri is None or item.label_uri not in labels.files:
+        if labels.export_layout:
+            return f"no YOLO label file (expected {item.label_uri}): its image-level label is unknown"
+        return None
+    try:
+        text = io.read_bytes(item.label_uri, data_cfg.s3_endpoint_url).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"label file unreadable: {item.label_uri}: {exc}"
+    try:
+        item.boxes = parse_yolo(text, labels.names, item.label_uri)
+    except LabelError as exc:
+        return f"malformed YOLO label: {exc}"
+    if labels.export_layout:
+        item.label = image_label(item.boxes, data_cfg.yolo_label_rule, data_cfg.yolo_default_label)
+    return None
+
+
+def _inspect(path: str, relpath: str, label: str, label_uri: str | None, labels: _Labels,
+             data_cfg: DataConfig) -> _Inspected:
+    item = _Inspected(path=path, relpath=relpath, label=label, label_uri=label_uri)
     suffix = Path(relpath).suffix.lower()
     if suffix not in {e.lower() for e in data_cfg.extensions}:
         item.reject = f"not an image file (extension '{suffix or '(none)'}' is not in data.extensions)"
@@ -110,11 +151,34 @@ def _inspect(path: str, relpath: str, label: str, data_cfg: DataConfig) -> _Insp
         item.reject = f"too small ({img.width}x{img.height}; data.min_side is {data_cfg.min_side})"
         return item
     item.hashes = perceptual_hashes(img, data_cfg.hash_method)
+    item.reject = _read_boxes(item, labels, data_cfg)
     return item
 
 
-def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str]], list[str]]:
-    """(uri, relpath, label) for every file in a class folder, plus top-level folders not mapped."""
+def _scan_export_layout(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str, str | None]], _Labels]:
+    """The YOLO export layout: every file under an ``images`` folder, labelled by its boxes."""
+    names = read_class_names([io.join(root, "data.yaml")], data_cfg.s3_endpoint_url)
+    known = set(data_cfg.labels)
+    for label in [*data_cfg.yolo_label_rule, data_cfg.yolo_default_label]:
+        if label not in known:
+            key = "data.yolo_default_label" if label == data_cfg.yolo_default_label else "data.yolo_label_rule"
+            raise ConfigError(key, f"label {label!r} is not one of data.classes' labels {sorted(known)}")
+    found = []
+    files = io.list_files(root, endpoint_url=data_cfg.s3_endpoint_url)
+    base = root.rstrip("/") if io.is_s3(root) else str(Path(root).expanduser().resolve())
+    for uri in files:
+        rel = uri[len(base) + 1 :]
+        label_rel = export_label_path(rel)
+        if label_rel is not None:
+            found.append((uri, rel, data_cfg.yolo_default_label, io.join(base, label_rel)))
+    if not found:
+        raise FileNotFoundError(f"{root} has data.yaml but no images/ folder (YOLO export layout)")
+    return found, _Labels(names, export_layout=True, files=frozenset(files))
+
+
+def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str, str | None]], list[str], _Labels]:
+    """(uri, relpath, label, label file) for every file in a class folder, top-level folders not mapped, and
+    the dataset's labels."""
     fs, base = io.filesystem(root, data_cfg.s3_endpoint_url)
     import pyarrow.fs as pafs
 
@@ -124,8 +188,23 @@ def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str]], 
     ignored = sorted(
         i.base_name for i in top if i.type == pafs.FileType.Directory and i.base_name not in data_cfg.classes
         and not i.base_name.startswith((".", "_")) and i.base_name not in MASK_DIRS
+        and i.base_name != data_cfg.labels_dir
     )
-    found: list[tuple[str, str, str]] = []
+    if not any(io.exists(io.join(root, f), data_cfg.s3_endpoint_url) for f in data_cfg.classes) and io.exists(
+        io.join(root, "data.yaml"), data_cfg.s3_endpoint_url
+    ):
+        found, labels = _scan_export_layout(root, data_cfg)
+        return found, [i for i in ignored if i not in ("images", "labels")], labels
+    # Absolute, as io.list_files names the label files it finds (a relative root would never match them).
+    labels_root = io.join(root if io.is_s3(root) else str(Path(root).expanduser().resolve()), data_cfg.labels_dir)
+    labels = _Labels(None, export_layout=False)
+    if io.exists(labels_root, data_cfg.s3_endpoint_url):
+        names = read_class_names(
+            [io.join(labels_root, "data.yaml"), io.join(root, "data.yaml")], data_cfg.s3_endpoint_url
+        )
+        files = io.list_files(labels_root, [".txt"], data_cfg.s3_endpoint_url)
+        labels = _Labels(names, export_layout=False, files=frozenset(files))
+    found: list[tuple[str, str, str, str | None]] = []
     for folder, label in data_cfg.classes.items():
         folder_uri = io.join(root, folder)
         if not io.exists(folder_uri, data_cfg.s3_endpoint_url):
@@ -134,22 +213,26 @@ def _scan(root: str, data_cfg: DataConfig) -> tuple[list[tuple[str, str, str]], 
         for uri in io.list_files(folder_uri, endpoint_url=data_cfg.s3_endpoint_url):
             rel = uri[len(folder_uri.rstrip("/")) + 1 :] if io.is_s3(root) else str(Path(uri).relative_to(
                 Path(folder_uri).resolve()))
-            found.append((uri, f"{folder}/{rel}", label))
-    if not any(label for _, _, label in found):
+            label_uri = io.join(labels_root, folder, str(PurePosixPath(rel).with_suffix(".txt")))
+            found.append((uri, f"{folder}/{rel}", label, label_uri if labels.files else None))
+    if not found:
         raise FileNotFoundError(
             f"no files under {root} in the class folders {', '.join(data_cfg.classes)} (set data.classes to map yours)"
         )
-    return found, ignored
+    return found, ignored, labels
 
 
 def ingest(root: str, cfg: WeldrayConfig, *, progress: bool = False) -> IngestResult:
     """Scan ``root`` (folder or s3:// URI), validate, group, split, and write the manifest files."""
     data_cfg = cfg.data
-    found, ignored = _scan(root, data_cfg)
+    try:
+        found, ignored, labels = _scan(root, data_cfg)
+    except LabelError as exc:
+        raise ValueError(f"YOLO labels of {root}: {exc}") from None
     labels_order = data_cfg.labels
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = pool.map(lambda f: _inspect(f[0], f[1], f[2], data_cfg), found)
+        results = pool.map(lambda f: _inspect(*f, labels, data_cfg), found)
         if progress:
             from rich.progress import track
 
@@ -176,6 +259,8 @@ def ingest(root: str, cfg: WeldrayConfig, *, progress: bool = False) -> IngestRe
             "phash": [f"{i.hashes[0]:016x}" for i in good],
         }
     )
+    # Relative YOLO boxes as JSON (weldray.data.labels.boxes_from_json); None: the image has no label file.
+    boxes = [boxes_to_json(i.boxes) for i in good]
     hashes = np.array([i.hashes for i in good], dtype=np.uint64)
     roots = group_near_duplicates(hashes, df["sha256"].tolist(), data_cfg.near_duplicate_distance)
     first_member = {r: df["relpath"].iloc[r] for r in set(roots.tolist())}
@@ -207,6 +292,7 @@ def ingest(root: str, cfg: WeldrayConfig, *, progress: bool = False) -> IngestRe
     folds[usable] = f
     df["split"] = split.astype(str)
     df["fold"] = folds
+    df["boxes"] = pd.Series(boxes, dtype=object)
     df = df[MANIFEST_COLUMNS]
 
     groups = df.groupby("group")
@@ -244,6 +330,11 @@ def _write(result: IngestResult, df: pd.DataFrame, cfg: WeldrayConfig) -> None:
     summary = result.to_json()
     summary["n_folds"] = cfg.data.n_folds
     summary["fold_counts"] = {int(k): int(v) for k, v in Counter(df["fold"]).items() if k >= 0}
+    labelled = df["boxes"].dropna()
+    summary["box_labels"] = {
+        "images_with_labels": int(len(labelled)),
+        "boxes_per_class": dict(Counter(b["cls"] for value in labelled for b in json.loads(value))),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "split_report.md").write_text(split_report_markdown(result, df))
 
@@ -256,6 +347,8 @@ def load_manifest(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"no manifest at {path}; run `weldray ingest DATA` first")
     df = pd.read_parquet(path)
+    if "boxes" not in df.columns:  # manifests written before box labels
+        df["boxes"] = None
     missing = set(MANIFEST_COLUMNS) - set(df.columns)
     if missing:
         raise ValueError(f"{path} is not a weldray manifest (missing columns {sorted(missing)})")

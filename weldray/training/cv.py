@@ -26,6 +26,8 @@ def recipe_fingerprint(cfg: WeldrayConfig) -> str:
     the final fit of the same command line, whichever fold or run name each has."""
     training = {k: v for k, v in asdict(cfg.training).items() if k not in _NOT_RECIPE}
     blob = {"data": asdict(cfg.data), "model": asdict(cfg.model), "training": training, "seed": cfg.seed}
+    if cfg.training.mix_real_ratio < 1:  # the synthetic images decide the model too
+        blob["synthetic"] = asdict(cfg.synthetic)
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -6,14 +6,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from weldray.config import WeldrayConfig
+from weldray.config import ConfigError, WeldrayConfig
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,25 @@ def _evaluation_source(cfg: WeldrayConfig, splits: Any) -> dict[str, Any]:
     }
 
 
+def _mix_synthetic(cfg: WeldrayConfig, splits: Any) -> Any:
+    """The train rows with ``training.synthetic_data``'s accepted images mixed in at ``training.mix_real_ratio``
+    (lineage checked against the real train rows); validation and test rows stay real."""
+    from weldray.synthetic.lineage import mix, synthetic_rows
+
+    t = cfg.training
+    if t.synthetic_data is None:
+        raise ConfigError(
+            "training.synthetic_data",
+            f"training.mix_real_ratio={t.mix_real_ratio} needs synthetic images: set it to a `weldray generate` "
+            "output (or run `weldray pipeline`, whose generate stage makes them)",
+        )
+    mixed = mix(splits.train, synthetic_rows(cfg, splits.train), t.mix_real_ratio, cfg.seed)
+    n_syn = int(mixed["synthetic"].sum())
+    log.info("mixing %d synthetic images into %d real train rows (%.0f%% real)", n_syn, len(splits.train),
+             100 * len(splits.train) / len(mixed))
+    return replace(splits, train=mixed, description=f"{splits.description}, + {n_syn} synthetic ({t.synthetic_data})")
+
+
 def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
     return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
@@ -232,6 +251,8 @@ def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
             f"{manifest_path}: empty train ({len(splits.train)}) or, with training.holdout, val "
             f"({len(splits.val)}) rows"
         )
+    if cfg.training.mix_real_ratio < 1:
+        splits = _mix_synthetic(cfg, splits)
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
@@ -274,6 +295,7 @@ def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
         "manifest": str(manifest_path),
         "data": splits.description,
         "n_train": len(splits.train),
+        "n_train_synthetic": int(splits.train["synthetic"].sum()) if "synthetic" in splits.train else 0,
         "n_val": len(splits.val),
         "n_test": len(splits.test),
         "temperature": temperature,
