@@ -89,6 +89,11 @@ def test_bad_distributions(tmp_path: Path) -> None:
 def test_inert_and_reserved_keys(tmp_path: Path) -> None:
     path = _space(tmp_path, "space:\n  training.mix_real_ratio: {type: float, low: 0.25, high: 1.0}\n")
     assert "training.mix_real_ratio: inert until a synthetic dataset is configured" in _error(path)
+    # With synthetic images configured the ratio is a real knob and may be searched.
+    from weldray.sweep.space import load_space
+
+    study = load_space(path, [f"training.synthetic_data={tmp_path}"])
+    assert "training.mix_real_ratio" in study.space
     path = _space(tmp_path, "space:\n  training.cv_fold: {type: int, low: 0, high: 4}\n")
     assert "training.cv_fold: set by the sweep" in _error(path)
 

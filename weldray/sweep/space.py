@@ -34,9 +34,14 @@ RESERVED = {
     "data.root": "the data is the sweep's DATA argument",
 }
 
-#: Keys that change nothing in the current product: a search over them would only fit noise.
+#: Keys that change nothing unless another key is set (key -> (that key, why)): a search over them would only
+#: fit noise.
 INERT = {
-    "training.mix_real_ratio": "inert until a synthetic dataset is configured (no synthetic images to mix in yet)",
+    "training.mix_real_ratio": (
+        "training.synthetic_data",
+        "inert until a synthetic dataset is configured: fix training.synthetic_data=DIR (a `weldray generate` "
+        "output made from the trials' train rows) in the space's overrides or on the command line",
+    ),
 }
 
 DIST_TYPES = ("float", "int", "choice")
@@ -209,6 +214,12 @@ def load_sweep_config(path: Path, block: Any, cli: Sequence[str]) -> SweepConfig
         raise SpaceError(path, f"sweep.{key}", str(exc).splitlines()[0]) from None
 
 
+def _is_set(key: str, fixed: Sequence[str]) -> bool:
+    """Whether the fixed overrides give ``key`` a value (not null)."""
+    values = [item.split("=", 1)[1] for item in fixed if item.split("=", 1)[0].lstrip("+") == key]
+    return bool(values) and values[-1].strip().lower() not in ("", "null", "none")
+
+
 def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
     """Load and validate a space file with the command line's ``key=value`` items (``sweep.*`` ones set the
     sweep, the rest are fixed overrides of every trial). Raises :class:`SpaceError` before any trial starts."""
@@ -236,8 +247,8 @@ def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
 
     space: dict[str, Dist] = {}
     for key, spec in space_doc.items():
-        if key in INERT:
-            raise SpaceError(path, key, INERT[key])
+        if key in INERT and not _is_set(INERT[key][0], fixed):
+            raise SpaceError(path, key, INERT[key][1])
         if key in RESERVED:
             raise SpaceError(path, key, f"set by the sweep: {RESERVED[key]}")
         tp = _field_type(key)
