@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.synthetic.tiny_sdxl import TinySdxl, tiny_config, tiny_sdxl, weld_photo  # noqa: F401  (session fixture)
+from tests.synthetic.tiny_sdxl import (  # noqa: F401  (fixtures)
+    TinySdxl,
+    offline_one_thread,
+    tiny_config,
+    tiny_sdxl,
+    weld_photo,
+)
 
 pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'weldray[synth]')")
 
@@ -28,19 +33,6 @@ from weldray.synthetic.lora import (  # noqa: E402
 )
 
 LABELS = ["good_weld", "bad_weld"] * 3
-
-
-@pytest.fixture(scope="module", autouse=True)
-def offline_one_thread() -> Iterator[None]:
-    """Nothing may download; one torch thread (tiny kernels; OpenMP's two threads crawl on a busy machine)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        torch.set_num_threads(1)
-        yield
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ UNet), only narrow: generation at 64 px takes well under a second on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,20 @@ def build_tiny_sdxl(root: Path, seed: int = 0) -> TinySdxl:
     pipe.save_pretrained(out.sdxl_dir)
     controlnet.save_pretrained(out.controlnet_dir)
     return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def offline_one_thread() -> Iterator[None]:
+    """Nothing may download; one torch thread: these tiny kernels are faster on one, and OpenMP's two threads
+    on a busy shared machine are 10-60x slower. Autouse in every module that imports it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
