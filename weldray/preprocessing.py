@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Union
 
@@ -125,7 +126,7 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image too large: {exc}") from None
     except Exception as exc:  # PIL raises many types for garbage headers
-        raise CorruptImageError(f"corrupt {fmt} data: {exc}") from None
+        raise CorruptImageError(f"corrupt {fmt} data: {_reason(exc)}") from None
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
     if width < 1 or height < 1:
@@ -136,7 +137,12 @@ def decode_image(
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"image too large: {exc}") from None
     except Exception as exc:
-        raise CorruptImageError(f"truncated or corrupt {fmt} data: {exc}") from None
+        raise CorruptImageError(f"truncated or corrupt {fmt} data: {_reason(exc)}") from None
+
+
+def _reason(exc: Exception) -> str:
+    """PIL's message without the repr of our in-memory buffer (``<_io.BytesIO object at 0x...>``): clients read it."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", str(exc)) or type(exc).__name__
 
 
 def array_to_image(arr: np.ndarray) -> Image.Image:
