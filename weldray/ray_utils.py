@@ -6,7 +6,8 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from weldray.config import RayConfig, ServeConfig
 
@@ -132,3 +133,28 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
     log.info("started local Ray at %s with %s CPUs", private, ray.cluster_resources().get("CPU"))
     if context.dashboard_url:
         log.info("Ray dashboard: http://%s", context.dashboard_url)
+
+
+def collect_rows(
+    ds: Any, name: str, total: int, info: Callable[[dict[str, Any]], str], *, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Every row of the Ray Dataset ``ds`` as it streams in, with a live bar on stderr (done / total, ETA and
+    ``info(row)`` of the latest row)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    rows: list[dict[str, Any]] = []
+    with Progress(
+        TextColumn(f"[bold]{name}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not progress,
+    ) as bar:
+        task = bar.add_task(name, total=total, info="")
+        for row in ds.iter_rows():
+            rows.append(dict(row))
+            bar.update(task, advance=1, info=info(rows[-1]))
+    return rows

@@ -143,10 +143,8 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     """Run the whole job; see the module docstring for what lands where. Raises :class:`GeneratorUnavailable`
     (with the reason) when the generator cannot work on these sources."""
     import ray
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from weldray.ray_utils import init_ray
+    from weldray.ray_utils import collect_rows, init_ray
 
     syn, endpoint = cfg.synthetic, cfg.data.s3_endpoint_url
     if syn.generator == "none":
@@ -179,13 +177,9 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
                 num_cpus=syn.num_cpus_per_actor,
                 num_gpus=syn.num_gpus_per_actor,
             )
-            with Progress(TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(),
-                          TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=Console(stderr=True),
-                          disable=not progress) as bar:
-                task = bar.add_task("generate", total=len(todo), info="")
-                for row in ds.iter_rows():
-                    new_rows.append(dict(row))
-                    bar.update(task, advance=1, info=f"{row['status']:6s} {row['name']}")
+            new_rows = collect_rows(
+                ds, "generate", len(todo), lambda row: f"{row['status']:6s} {row['name']}", progress=progress
+            )
         finally:
             if started:
                 ray.shutdown()

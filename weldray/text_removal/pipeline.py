@@ -268,10 +268,8 @@ def preflight(cfg: TextRemovalConfig) -> None:
 def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool = True) -> CleanReport:
     """Run the whole job on Ray Data; see the module docstring for what lands where."""
     import ray
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from weldray.ray_utils import init_ray
+    from weldray.ray_utils import collect_rows, init_ray
     from weldray.text_removal.audit import write_audit
 
     tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
@@ -306,20 +304,9 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
             num_cpus=tr.num_cpus_per_actor,
             num_gpus=tr.num_gpus_per_actor,
         )
-        rows: list[dict[str, Any]] = []
-        with Progress(
-            TextColumn("[bold]clean[/]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            disable=not progress,
-        ) as bar:
-            task = bar.add_task("clean", total=len(paths), info="")
-            for row in ds.iter_rows():
-                rows.append(dict(row))
-                bar.update(task, advance=1, info=f"{row['status']:7s} {row['relpath']}")
+        rows = collect_rows(
+            ds, "clean", len(paths), lambda row: f"{row['status']:7s} {row['relpath']}", progress=progress
+        )
     finally:
         if started:
             ray.shutdown()
