@@ -5,7 +5,10 @@
 
 Without --model, a random-weight efficientnet_lite0@224 is exported to a temp folder. Requests are
 real weld photos (JPEG 640x640) when available. Reports p50/p95/p99 and throughput at concurrency
-1, 8 and 16 against in-process latency (batch 1, decode included) and batched throughput (batch 16).
+1, 8 and 16 against in-process latency (batch 1, decode included) and batched throughput (batch 16), and
+a breakdown of one request at concurrency 1, stage by stage, from the replica's ``Server-Timing`` header
+beside the same stages timed in process; what the client waits beyond the handler is the HTTP server and
+the ingress hop.
 
 The in-process and HTTP measurements alternate, round after round, so both see the same machine
 load (on a shared machine the load changes by the minute); the comparison columns are the median
@@ -61,9 +64,22 @@ def _model(tmp: Path) -> Path:
     return path
 
 
+def _server_timing(header: str) -> dict[str, float]:
+    """``stage;dur=ms, ...`` -> {stage: ms} (entries without a duration are skipped)."""
+    out = {}
+    for part in header.split(","):
+        name, *params = (p.strip() for p in part.split(";"))
+        for p in params:
+            if p.startswith("dur="):
+                out[name] = float(p[4:])
+    return out
+
+
 async def _load(
-    url: str, payloads: list[bytes], concurrency: int, total: int
+    url: str, payloads: list[bytes], concurrency: int, total: int, stages: list[dict[str, float]] | None = None
 ) -> tuple[np.ndarray, float, int]:
+    """Latencies (ms), throughput and error count of ``total`` requests; with ``stages``, each answer's
+    Server-Timing stages plus the client's own latency (``client``) are appended to it."""
     import httpx
 
     latencies: list[float] = []
@@ -78,6 +94,8 @@ async def _load(
             r = await client.post("/predict", content=payloads[i % len(payloads)])
             latencies.append((time.perf_counter() - t0) * 1000)
             errors += r.status_code != 200
+            if stages is not None and "server-timing" in r.headers:
+                stages.append({**_server_timing(r.headers["server-timing"]), "client": latencies[-1]})
 
     limits = httpx.Limits(max_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
@@ -88,13 +106,24 @@ async def _load(
     return np.array(latencies), total / wall, errors
 
 
-def _in_process(clf, payloads: list[bytes], total: int) -> tuple[np.ndarray, float]:
-    """Sequential decode + infer latencies (ms) for ``total`` requests, and batch-16 throughput."""
+def _in_process(
+    clf, payloads: list[bytes], total: int, stages: list[dict[str, float]]
+) -> tuple[np.ndarray, float]:
+    """Sequential decode + resize + infer latencies (ms) for ``total`` requests (each step's time appended to
+    ``stages``), and batch-16 throughput."""
+    from weldray.preprocessing import decode_image, resize_for_model
+
     single = []
     for i in range(total):
         t0 = time.perf_counter()
-        clf.predict(payloads[i % len(payloads)])
-        single.append((time.perf_counter() - t0) * 1000)
+        image = decode_image(payloads[i % len(payloads)])
+        t1 = time.perf_counter()
+        x = resize_for_model(image, clf.input_size)[None]
+        t2 = time.perf_counter()
+        clf.result(clf.probabilities(x)[0])
+        t3 = time.perf_counter()
+        single.append((t3 - t0) * 1000)
+        stages.append({"decode": (t1 - t0) * 1000, "resize": (t2 - t1) * 1000, "infer": (t3 - t2) * 1000})
     t0 = time.perf_counter()
     for i in range(0, total, 16):
         clf.predict_batch([payloads[j % len(payloads)] for j in range(i, min(i + 16, total))])
@@ -139,6 +168,8 @@ def main() -> None:
         init_ray(RayConfig(num_cpus=2), serve=cfg)
         single: list[np.ndarray] = []
         batched: list[float] = []
+        local_stages: list[dict[str, float]] = []
+        http_stages: list[dict[str, float]] = []
         http: dict[int, list[tuple[np.ndarray, float, int]]] = {c: [] for c in levels}
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -146,11 +177,11 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             for _ in range(args.rounds):
                 loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
-                lat, thr = _in_process(clf, payloads, args.requests)
+                lat, thr = _in_process(clf, payloads, args.requests, local_stages)
                 single.append(lat)
                 batched.append(thr)
                 for c in levels:
-                    http[c].append(asyncio.run(_load(url, payloads, c, args.requests)))
+                    http[c].append(asyncio.run(_load(url, payloads, c, args.requests, http_stages if c == 1 else None)))
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -191,7 +222,45 @@ def main() -> None:
             str(sum(r[2] for r in http[c])),
             note,
         )
-    Console(width=200).print(table)
+    console = Console(width=200)
+    console.print(table)
+    console.print(_breakdown(local_stages, http_stages))
+
+
+def _breakdown(local: list[dict[str, float]], http: list[dict[str, float]]):
+    """Median ms per stage of one request at concurrency 1: in process vs inside the replica vs the client."""
+    from rich.table import Table
+
+    from weldray.inference.serving import TIMING_STAGES
+
+    def med(rows: list[dict[str, float]], key: str) -> float | None:
+        values = [r[key] for r in rows if key in r]
+        return float(np.median(values)) if values else None
+
+    def cell(v: float | None) -> str:
+        return "" if v is None else f"{v:.2f}"
+
+    notes = {
+        "read": "body received by the handler (+ multipart parse)",
+        "wait": "Serve batch queue + hand-off to the inference thread",
+        "encode": "JSON answer rendered",
+        "app": "the whole handler",
+    }
+    table = Table(title=f"One /predict request at concurrency 1, median ms ({len(http)} requests)")
+    for col in ("stage", "in process", "HTTP request", "difference", "what"):
+        table.add_column(col)
+    for stage in TIMING_STAGES:
+        a, b = med(local, stage), med(http, stage)
+        diff = f"{b - (a or 0):+.2f}" if b is not None else ""
+        table.add_row(stage, cell(a), cell(b), diff, notes.get(stage, ""))
+    outside = [r["client"] - r["app"] for r in http if "app" in r]
+    total_local = float(np.median([sum(r.values()) for r in local])) if local else None
+    table.add_row("outside the handler", "", cell(float(np.median(outside)) if outside else None), "",
+                  "HTTP server, ingress hop, client")
+    client = med(http, "client")
+    table.add_row("total", cell(total_local), cell(client),
+                  f"{client - total_local:+.2f}" if client is not None and total_local else "", "")
+    return table
 
 
 if __name__ == "__main__":

@@ -90,3 +90,39 @@ def test_export_cli_takes_several_runs(tmp_path: Path, members: list[Path], proc
     side = json.loads(out.with_suffix(".json").read_text())
     # Final fits (e.g. seeds) keep their own temperatures, applied inside the graph.
     assert [m["temperature"] for m in side["members"]] == [1.5, 1.5] and side["temperature"] == 1.0
+
+
+def test_ensemble_int8_keeps_every_members_leading_layers_in_float(
+    tmp_path: Path, members: list[Path], procedural_dir: Path
+) -> None:
+    """``export.int8_float_layers=N`` on an ensemble graph means the first N layers of *each* member (a prefix
+    of the graph's node order would cover the first member only), and the INT8 ensemble serves like fp32."""
+    import onnx
+
+    from weldray.config import load_config
+    from weldray.export import export_checkpoint
+    from weldray.export.parity import load_inputs
+    from weldray.export.quantize import leading_layers
+    from weldray.inference import WeldClassifierInference
+    from weldray.inference.sidecar import choose_precision
+
+    cfg = load_config(
+        [f"export.check_images={procedural_dir}", "export.parity_images=8", "export.calibration_images=8",
+         "export.int8_float_layers=[1000]", f"output_dir={tmp_path / 'outputs'}"]
+    )
+    result = export_checkpoint(members, cfg, fmt="int8", output=tmp_path / "e.onnx")
+    fp32 = result.artefacts["onnx"]
+    nodes = {n.name: n.op_type for n in onnx.load(fp32).graph.node}
+    for n in (1, 4, 12):
+        assert sum(nodes[name] == "Conv" for name in leading_layers(fp32, n)) == 3 * n
+    assert len(leading_layers(fp32, 1000)) == len(nodes)  # past every member's last layer: all float
+    # All layers float: the search's last resort, so the INT8 ensemble answers exactly as the fp32 one does.
+    assert result.sidecar.precision == "int8" and len(result.sidecar.members) == 3
+    x, _ = load_inputs(sorted(str(p) for p in procedural_dir.glob("*_welds/*.jpg"))[:4], 64)
+    np.testing.assert_allclose(
+        WeldClassifierInference(result.path, providers="cpu").probabilities(x),
+        WeldClassifierInference(fp32, providers="cpu").probabilities(x),
+        atol=1e-4,
+    )
+    chosen, why = choose_precision(fp32, "int8", cpu=True)
+    assert chosen == str(result.path), why

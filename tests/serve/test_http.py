@@ -117,6 +117,20 @@ def test_predict_matches_in_process_inference(client: httpx.Client, model_path: 
             assert body["probabilities"][name] == pytest.approx(local["probabilities"][name], abs=1e-5)
 
 
+def test_predict_answer_says_where_its_time_went(client: httpx.Client) -> None:
+    from weldray.inference.serving import TIMING_STAGES
+
+    resp = client.post("/predict", content=_encode(_photo(), "PNG"))
+    assert resp.status_code == 200, resp.text
+    parts = [p.strip().split(";") for p in resp.headers["server-timing"].split(",")]
+    durations = {p[0]: float(p[1].removeprefix("dur=")) for p in parts if p[0] != "batch"}
+    assert list(durations) == list(TIMING_STAGES)  # every stage, in the order a request goes through them
+    assert all(v >= 0 for v in durations.values()), durations
+    inside = sum(durations[k] for k in TIMING_STAGES if k != "app")
+    assert inside <= durations["app"] + 0.05  # the stages account for the handler's time, not more
+    assert ["batch", 'desc="1"'] in parts
+
+
 def test_predict_explain_returns_a_heatmap_overlay(client: httpx.Client) -> None:
     import base64
 

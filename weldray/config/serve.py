@@ -59,6 +59,10 @@ class ServeConfig:
     max_batch_items: int = 64
     # Predictions whose confidence falls below this are flagged needs_review.
     review_threshold: float = 0.75
+    # A `Server-Timing` header on /predict answers (read, decode, resize, wait, infer, encode, app in ms):
+    # browsers' developer tools and benchmarks/serve_load.py show where a request's time goes. Off hides
+    # the replica's timings from clients.
+    server_timing: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

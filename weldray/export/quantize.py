@@ -53,20 +53,24 @@ def _reader(x: np.ndarray, input_name: str, batch_size: int):
 
 
 def leading_layers(model_path: str | Path, n: int) -> list[str]:
-    """Names of every node up to and including the ``n``-th quantisable layer (graph order is
-    topological): that prefix of the network runs in float, its activations too, and the model is
-    quantised from there on (``n`` past the last layer: nothing is quantised)."""
+    """Names of every node within the first ``n`` quantisable layers from the input: a node's depth is the
+    most layers on any path from the input to it (itself included), and every node of depth <= ``n`` runs in
+    float, its activations too; the model is quantised from there on (``n`` past the deepest layer: nothing
+    is quantised). On a chain of layers this is the prefix of the network up to the ``n``-th layer and its
+    activation; on an ensemble graph it is that prefix of every member, not of the first one only."""
     import onnx
 
-    nodes = onnx.load(str(model_path), load_external_data=False).graph.node
     if n <= 0:
         return []
-    seen = 0
-    for i, node in enumerate(nodes):
-        seen += node.op_type in LAYER_OPS
-        if seen == n:
-            return [node.name for node in nodes[: i + 1]]
-    return [node.name for node in nodes]
+    depth_of: dict[str, int] = {}  # tensor name -> depth of the node that produced it (graph inputs: 0)
+    keep = []
+    for node in onnx.load(str(model_path), load_external_data=False).graph.node:  # topological order
+        depth = max((depth_of.get(t, 0) for t in node.input if t), default=0) + (node.op_type in LAYER_OPS)
+        for t in node.output:
+            depth_of[t] = depth
+        if depth <= n:
+            keep.append(node.name)
+    return keep
 
 
 #: ``export.int8_calibration`` names -> ONNX Runtime calibration methods.

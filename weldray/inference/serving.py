@@ -7,7 +7,8 @@ decoded in parallel and classified in one forward pass, in one worker-thread cal
 ``batch_wait_timeout_s = 0`` a lone request runs at once, and requests that arrive during a
 forward pass form the next batch.
 A replica admits at most ``serve.max_pending_images`` images; beyond that a request gets a JSON 503
-with ``Retry-After`` at once, instead of waiting in an unbounded queue.
+with ``Retry-After`` at once, instead of waiting in an unbounded queue. A ``/predict`` answer carries a
+``Server-Timing`` header with the time of each stage inside the replica (``serve.server_timing``).
 
 Entry points: :func:`build_application` (Python / ``weldray serve``) and :func:`build_app`
 (``serve run|deploy serve/config.yaml``).
@@ -68,6 +69,25 @@ _BATCH_BODY = {
     },
     "required": True,
 }
+
+
+#: Stages of a /predict request inside the replica, in order (ms): reading the body, decoding and resizing the
+#: upload, waiting for the batch and the worker thread, the forward pass of its batch, rendering the JSON
+#: answer, and the whole handler. What a client measures beyond ``app`` is the HTTP server and the ingress.
+TIMING_STAGES = ("read", "decode", "resize", "wait", "infer", "encode", "app")
+Timing = dict[str, float]
+
+
+def _ms(since: float) -> float:
+    return (time.perf_counter() - since) * 1000
+
+
+def server_timing_header(timing: Timing, batch: int | None = None) -> str:
+    """A ``Server-Timing`` value (``stage;dur=ms``, W3C Server Timing) with the batch size as a description."""
+    parts = [f"{k};dur={timing[k]:.2f}" for k in TIMING_STAGES if k in timing]
+    if batch is not None:
+        parts.append(f'batch;desc="{batch}"')
+    return ", ".join(parts)
 
 
 def error_response(
@@ -171,31 +191,44 @@ class WeldService:
                 pool.shutdown(wait=False, cancel_futures=True)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def classify(self, uploads: list[bytes | np.ndarray]) -> list[dict[str, Any] | ImageError]:
-        """Uploads (encoded bytes, or images already decoded and resized) -> result dicts, or the
-        ImageError of an upload that does not decode.
+    async def classify(
+        self, uploads: list[bytes | np.ndarray]
+    ) -> list[tuple[dict[str, Any] | ImageError, Timing]]:
+        """Uploads (encoded bytes, or images already decoded and resized) -> (result dict, or the
+        ImageError of an upload that does not decode; its decode/resize/infer times, batch size).
 
         Encoded uploads are decoded inside the same worker-thread call as the forward pass (in
         parallel on the decode pool when there are several): a lone request costs one thread
         handoff, which is what it waits on when the cores are busy.
         """
+        return await self._run(uploads)
+
+    async def _run(self, uploads: list[bytes | np.ndarray]) -> list[tuple[dict[str, Any] | ImageError, Timing]]:
         self._batch_size.observe(len(uploads))
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._infer_pool, self._decode_and_classify, uploads)
 
-    def _decode_and_classify(self, uploads: list[bytes | np.ndarray]) -> list[dict[str, Any] | ImageError]:
+    def _decode_and_classify(
+        self, uploads: list[bytes | np.ndarray]
+    ) -> list[tuple[dict[str, Any] | ImageError, Timing]]:
         encoded = [i for i, u in enumerate(uploads) if isinstance(u, bytes)]
         decoded: list[np.ndarray | ImageError] = list(uploads)
+        timings: list[Timing] = [{"batch": len(uploads)} for _ in uploads]
         decode = map if len(encoded) == 1 else self._decode_pool.map  # one image: no second thread handoff
-        for i, image in zip(encoded, decode(self._prepare_or_error, [uploads[i] for i in encoded]), strict=True):
+        prepared = decode(self._prepare_or_error, [uploads[i] for i in encoded])
+        for i, (image, timing) in zip(encoded, prepared, strict=True):
             decoded[i] = image
+            timings[i].update(timing)
         ok = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
         results: list[dict[str, Any] | ImageError] = list(decoded)  # errors stay in place
         if ok:
+            started = time.perf_counter()
             probs = self.infer.probabilities(np.stack([decoded[i] for i in ok]))
+            infer_ms = _ms(started)
             for i, row in zip(ok, probs, strict=True):
                 results[i] = self.infer.result(row)
-        return results
+                timings[i]["infer"] = infer_ms
+        return list(zip(results, timings, strict=True))
 
     # --- helpers -----------------------------------------------------------------------------
     def _record(self, route: str, outcome: str, started: float) -> None:
@@ -262,11 +295,15 @@ class WeldService:
             },
         }
 
-    def _prepare_or_error(self, data: bytes) -> np.ndarray | ImageError:
+    def _prepare_or_error(self, data: bytes) -> tuple[np.ndarray | ImageError, Timing]:
+        """The decoded, resized upload (or its ImageError) and the time each step took."""
+        started = time.perf_counter()
         try:
-            return resize_for_model(decode_image(data, max_pixels=self.options["max_image_pixels"]), self.input_size)
+            image = decode_image(data, max_pixels=self.options["max_image_pixels"])
         except ImageError as exc:
-            return exc
+            return exc, {"decode": _ms(started)}
+        decoded = time.perf_counter()
+        return resize_for_model(image, self.input_size), {"decode": (decoded - started) * 1000, "resize": _ms(decoded)}
 
     @contextmanager
     def _admit(self, n: int) -> Iterator[None]:
@@ -280,20 +317,31 @@ class WeldService:
         finally:
             self._pending -= n
 
-    async def _classify(self, data: bytes) -> dict[str, Any]:
-        """One upload's result. While other images are in progress on this replica, the upload is
-        decoded on the decode pool before it joins a batch, so decoding overlaps the forward pass
-        running meanwhile (+20-25 % throughput at concurrency 16 on 2 cores)."""
+    async def _classify(self, data: bytes, timing: Timing) -> dict[str, Any]:
+        """One upload's result; its stage times go into ``timing``. While other images are in progress on
+        this replica, the upload is decoded on the decode pool before it joins a batch, so decoding overlaps
+        the forward pass running meanwhile (+20-25 % throughput at concurrency 16 on 2 cores). Alone on the
+        replica it has no batch to join, and skips Serve's batch queue."""
         upload: bytes | np.ndarray | ImageError = data
-        if self._pending > 1:
-            upload = await asyncio.get_running_loop().run_in_executor(self._decode_pool, self._prepare_or_error, data)
-        result = upload if isinstance(upload, ImageError) else await self.classify(upload)
+        alone = self._pending == 1
+        if not alone:
+            upload, steps = await asyncio.get_running_loop().run_in_executor(
+                self._decode_pool, self._prepare_or_error, data
+            )
+            timing.update(steps)
+        if isinstance(upload, ImageError):
+            raise upload
+        started = time.perf_counter()
+        result, steps = (await self._run([upload]))[0] if alone else await self.classify(upload)
+        timing.update(steps)
+        timing["wait"] = _ms(started) - sum(steps.get(k, 0.0) for k in ("decode", "resize", "infer"))
         if isinstance(result, ImageError):
             raise result
         return result
 
-    async def _guard(self, route: str, started: float, work) -> JSONResponse:
-        """Run ``work`` and map every failure to a JSON response (never a 500 for bad input)."""
+    async def _guard(self, route: str, started: float, work, timing: Timing | None = None) -> JSONResponse:
+        """Run ``work`` and map every failure to a JSON response (never a 500 for bad input); a success
+        carries the request's stage times (``timing``, filled by ``work``) as ``Server-Timing``."""
         try:
             payload = await work()
         except ImageError as exc:
@@ -308,7 +356,14 @@ class WeldService:
             self._record(route, "error", started)
             return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
         self._record(route, "ok", started)
-        return JSONResponse(payload)
+        rendering = time.perf_counter()
+        response = JSONResponse(payload)
+        if timing is not None and self.options["server_timing"]:
+            timing["encode"] = _ms(rendering)
+            timing["app"] = _ms(started)
+            batch = timing.pop("batch", None)
+            response.headers["Server-Timing"] = server_timing_header(timing, None if batch is None else int(batch))
+        return response
 
     # --- routes ------------------------------------------------------------------------------
     @api.post(
@@ -318,10 +373,12 @@ class WeldService:
     )
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
+        timing: Timing = {}
 
         async def work() -> dict[str, Any]:
             explain = _flag(request, "explain")
             uploads = await self._uploads(request, await self._read_body(request))
+            timing["read"] = _ms(started)
             if len(uploads) != 1:
                 raise ImageError(f"/predict takes one image, got {len(uploads)}; use /predict/batch")
             with self._admit(1):
@@ -329,9 +386,9 @@ class WeldService:
                     return await asyncio.get_running_loop().run_in_executor(
                         self._infer_pool, self._explain, uploads[0]
                     )
-                return await self._classify(uploads[0])
+                return await self._classify(uploads[0], timing)
 
-        return await self._guard("predict", started, work)
+        return await self._guard("predict", started, work, timing)
 
     @api.post(
         "/predict/batch",
@@ -343,7 +400,7 @@ class WeldService:
 
         async def one(data: bytes) -> dict[str, Any]:
             try:
-                return await self._classify(data)
+                return await self._classify(data, {})
             except ImageError as exc:
                 return {"error": exc.code, "reason": exc.reason, "status": exc.status}
 
