@@ -52,7 +52,8 @@ test-all: install
 lint: install
 	$(BIN)/ruff check weldray jobs tests benchmarks
 
-# The text segmenter's shipped weights (procedural renders only; README "Text segmenter").
+# The text segmenter's weights: procedural text on procedural welds and, with ARGS=--backgrounds=DIR (as the shipped
+# weights were trained), on text-free crops of real photos (docs/text_removal.md).
 textseg-weights: install
 	$(BIN)/weldray train-segmenter weldray/text_removal/weights/textseg.pt $(ARGS)
 

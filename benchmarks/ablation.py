@@ -225,7 +225,7 @@ def main() -> None:
     ap.add_argument("--folds", default="0,1,2,3,4")
     ap.add_argument("--recipes", default=",".join(RECIPES), help=f"comma list of {', '.join(RECIPES)}")
     ap.add_argument("--out", default=None, help="JSON results file (default outputs/ablation/<profile>.json)")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for the README)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/measurements.md)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
     ap.add_argument("overrides", nargs="*", help="applied to every recipe, before the recipe's own")
     args = ap.parse_intermixed_args()

@@ -77,7 +77,7 @@ def test_rapidocr_finds_printed_text_and_spares_text_free_welds(printed_sample, 
     assert any(t.replace(" ", "")[:4] in found for t in printed_sample.texts), (found, printed_sample.texts)
     res = cleaner.clean(printed_sample.image)
     tm = printed_sample.text_mask.astype(bool)
-    assert (res.mask[tm] > 0).mean() >= 0.98  # printed glyphs + outlines; see README for full figures
+    assert (res.mask[tm] > 0).mean() >= 0.98  # printed glyphs + outlines; full figures in docs/measurements.md
     for s in text_free_samples:
         assert not [d for d in cleaner.find_text(s.image) if d.kept], "weld texture taken for text"
 

@@ -1,6 +1,6 @@
 """Static INT8 quantisation (QDQ, per-channel) with ONNX Runtime, calibrated on real images.
 
-Choices, each measured on this project's models (see README "Export and serving"):
+Choices, each measured on this project's models (docs/export_and_serving.md, figures in docs/measurements.md):
 
 - **uint8 activations, int8 weights (U8S8)**: ONNX Runtime's x86 int8 kernels (AVX512-VNNI /
   AVX2) take unsigned activations; with int8 activations (S8S8) the fused int8 paths are not

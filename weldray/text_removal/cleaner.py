@@ -209,7 +209,7 @@ def _keep_near_text(
     """Reject segmented regions farther than ``segmenter_reach_px`` (scaled) from every OCR-kept box.
 
     The segmenter learned text from procedural overlays; on real photos without text it still fires on
-    specular ripples and pores (README, "Text segmenter"), and a 25 px halo there erases a defect.
+    specular ripples and pores (docs/text_removal.md, "Text segmenter"), and a 25 px halo there erases a defect.
     Next to text OCR found, a region is most likely more of the same overlay (a faint tile, a letter)."""
     if cfg.segmenter_reach_px is None:
         return

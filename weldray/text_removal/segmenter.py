@@ -23,7 +23,7 @@ from weldray.text_removal.detectors import SEGMENTED, Detection, MissingWeightsE
 STRIDE = 4
 #: The network runs on the image resized so its shorter side is this (the detector's reference scale).
 INPUT_SIDE = 640
-#: The weights shipped in the package (trained by ``weldray train-segmenter``, see the README).
+#: The weights shipped in the package (trained by ``weldray train-segmenter``, see docs/text_removal.md).
 SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights" / "textseg.pt"
 
 _MEAN = np.float32([0.485, 0.456, 0.406]) * 255
