@@ -101,6 +101,13 @@ def test_health_ready_metadata_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_metadata_links_the_model_card(client: httpx.Client) -> None:
+    url = client.get("/metadata").json()["model_card"]
+    card = client.get(url)
+    assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
+    assert card.text.startswith("# Model card: test-run") and "## Intended use and known limits" in card.text
+
+
 def test_predict_matches_in_process_inference(client: httpx.Client, model_path: Path) -> None:
     from weldray.inference import WeldClassifierInference
 

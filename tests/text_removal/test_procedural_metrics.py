@@ -20,9 +20,10 @@ def test_procedural_metrics_smoke(tr_cfg):
 
 @pytest.mark.slow
 def test_procedural_metrics_40_pairs(tr_cfg):
-    """The issue's figures (docs/measurements.md, 40 pairs at 640 px, the real photos' size, seed 0, never a segmenter training
-    seed): glyph recall >= 0.98 with the text segmenter (0.983 measured), >= 0.99 on printed text and titles;
-    nothing inpainted on text-free welds, bead untouched; without the segmenter the OCR alone stays below."""
+    """The issue's figures (docs/measurements.md, 40 pairs at 640 px, the real photos' size, seed 0, never a
+    segmenter training seed): glyph recall >= 0.98 with the text segmenter (0.983 measured), >= 0.99 on printed
+    text and titles; nothing inpainted on text-free welds, bead untouched; without the segmenter the OCR alone
+    stays below."""
     m = evaluate_procedural(TextCleaner(tr_cfg), 40, size=640, seed=0)
     assert m.text_free_area_max <= 0.01 and m.text_free_false_images == 0
     assert m.bead_change_mean < 0.5

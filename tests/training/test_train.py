@@ -99,6 +99,38 @@ def test_final_fit_takes_figures_and_temperature_from_the_out_of_fold_prediction
     assert np.isfinite(summary["oof"]["nll"]) and Path(summary["report"]).is_file()
 
 
+def test_export_writes_a_model_card_whose_command_rebuilds_the_recipe(
+    cv_and_final_fit: tuple[dict, Path], procedural_dir: Path, tmp_path: Path
+) -> None:
+    """MODEL_CARD.md says what was trained on what and how well (the CV figures, named as such), and its
+    `weldray train` line composes a config with the same recipe hash as the run's (a user can rebuild it)."""
+    import re
+    import shlex
+
+    import yaml
+
+    from weldray.config import WeldrayConfig
+    from weldray.export import export_checkpoint
+    from weldray.export.model_card import _as_config
+    from weldray.training.cv import recipe_fingerprint
+
+    summary, run_dir = cv_and_final_fit
+    cfg = load_config([f"export.check_images={procedural_dir}", "export.parity_images=4"])
+    result = export_checkpoint(run_dir, cfg, output=tmp_path / "m.onnx")
+    card = (tmp_path / "MODEL_CARD.md").read_text()
+    assert result.artefacts["model_card"] == str(tmp_path / "MODEL_CARD.md")
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert "`good_weld`, `bad_weld`" in card and f"{m['n_train']} training images" in card
+    assert f"balanced accuracy {summary['oof']['balanced_accuracy']:.3f}" in card and "out-of-fold" in card
+    assert f"Temperature {m['temperature']:.3g}" in card and "ONNX fp32 vs PyTorch: argmax agreement" in card
+    train_line = re.search(r"^weldray train .*$", card, re.M).group(0)
+    data, *overrides = shlex.split(train_line)[2:]
+    rebuilt = load_config([*overrides, f"data.root={data}", f"output_dir={tmp_path}"])
+    ran = _as_config(yaml.safe_load((run_dir / "config.yaml").read_text()), WeldrayConfig)
+    assert recipe_fingerprint(rebuilt) == recipe_fingerprint(ran) and recipe_fingerprint(ran) in card
+    assert re.search(r"^weldray export \S+.*export\.check_images=", card, re.M)
+
+
 def test_a_cv_fold_trains_on_every_row_outside_it(cv_and_final_fit: tuple[dict, Path]) -> None:
     summary, run_dir = cv_and_final_fit
     fold = json.loads((Path(summary["folds"][0]["run_dir"]) / "metrics.json").read_text())

@@ -59,7 +59,8 @@ class TextRemovalConfig:
     # glyph probability reaches segmenter_threshold (grown down to half of it), it covers at least
     # segmenter_min_area of the image and it lies within segmenter_reach_px (pixels at 640 px, scaled like
     # dilation_px) of text the OCR detector kept: it completes found text (faint watermark tiles and letters) and
-    # never opens an image alone, because on real beads its false alarms are too frequent for that (docs/text_removal.md).
+    # never opens an image alone, because on real beads its false alarms are too frequent for that
+    # (docs/text_removal.md).
     # segmenter_reach_px null: anywhere.
     segmenter: str = "textseg"
     segmenter_model_path: str | None = None

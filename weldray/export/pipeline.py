@@ -93,7 +93,8 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export the checkpoint (file or run dir) ``source`` in ``fmt`` (default ``export.format``); several
     sources export as one ensemble graph (:mod:`weldray.export.ensemble`, members calibrated by their own
-    temperatures or ``temperatures``)."""
+    temperatures or ``temperatures``). ``MODEL_CARD.md`` is written beside the fp32 model and rewritten with
+    the INT8/TensorRT checks when those pass."""
     import onnxruntime as ort  # noqa: F401  (fail early when missing)
 
     from weldray.export.tensorrt import require_tensorrt
@@ -157,7 +158,8 @@ def export_checkpoint(
     report["fp32_size_mb"] = paths["onnx"].stat().st_size / 1e6
     sidecar.checks = {"vs_torch": parity.to_dict(), "check_images": images.source}
     write_sidecar(paths["onnx"], sidecar)
-    result = ExportResult(paths["onnx"], "onnx", sidecar, {"onnx": str(paths["onnx"])}, report)
+    result = _with_card(ExportResult(paths["onnx"], "onnx", sidecar, {"onnx": str(paths["onnx"])}, report),
+                        sources, cfg)
     if fmt == "onnx":
         return result
 
@@ -171,6 +173,18 @@ def export_checkpoint(
         result = _export_tensorrt(
             paths, cfg, sidecar, int8_source or paths["onnx"], fp32, x_check, p_fp32, report
         )
+    return _with_card(result, sources, cfg)
+
+
+def _with_card(result: ExportResult, sources: Sequence[str | Path], cfg: WeldrayConfig) -> ExportResult:
+    """Write the export's model card (:mod:`weldray.export.model_card`) and list it among the artefacts."""
+    from dataclasses import asdict
+
+    from weldray.export.model_card import export_overrides, model_card, write_model_card
+
+    args = export_overrides(asdict(cfg.export), cfg.profile)
+    text = model_card(sources, result.sidecar, result.artefacts, result.report, args)
+    result.artefacts["model_card"] = str(write_model_card(result.path.parent, text))
     return result
 
 

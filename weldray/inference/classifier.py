@@ -98,6 +98,15 @@ class WeldClassifierInference:
         self._input = self._session.get_inputs()[0].name
         self._outputs = [self._session.get_outputs()[0].name]  # the logits: never the class maps, unasked
 
+    def model_card(self) -> str | None:
+        """The export's ``MODEL_CARD.md`` (beside the model file), or None when the export has none."""
+        from weldray.export.model_card import MODEL_CARD_NAME
+        from weldray.io import exists, join, read_bytes
+
+        base = self.model_path.rsplit("/", 1)[0] if "/" in self.model_path else "."
+        path = join(base, MODEL_CARD_NAME)
+        return read_bytes(path).decode() if exists(path) else None
+
     def _provider_options(self) -> dict[str, Any]:
         if self.provider != "TensorrtExecutionProvider":
             return {}

@@ -160,6 +160,7 @@ class WeldService:
         )
         self.options = options
         self.input_size = self.infer.input_size
+        self._model_card = self.infer.model_card()
         # One batch at a time runs in the worker thread (ONNX Runtime parallelises inside); the
         # images of a batch are decoded in parallel on the decode pool.
         self._decode_pool = ThreadPoolExecutor(options["decode_threads"], thread_name_prefix="decode")
@@ -439,13 +440,20 @@ class WeldService:
     async def readyz(self) -> JSONResponse:
         return JSONResponse({"status": "ready", "provider": self.infer.provider})
 
-    @api.get("/metadata", summary="Model version, classes, input size, provider and limits.")
+    @api.get("/metadata", summary="Model version, classes, input size, provider, limits and its model card's URL.")
     async def metadata(self) -> JSONResponse:
         limits = {k: self.options[k] for k in ("max_body_bytes", "max_image_pixels", "max_batch_items",
                                                "max_pending_images")}
         return JSONResponse(
-            {**self.infer.metadata, "limits": limits, "allowed_formats": sorted(ALLOWED_FORMATS)}
+            {**self.infer.metadata, "limits": limits, "allowed_formats": sorted(ALLOWED_FORMATS),
+             "model_card": "/model-card" if self._model_card is not None else None}
         )
+
+    @api.get("/model-card", summary="The model card (Markdown) written by `weldray export`.")
+    async def model_card(self) -> Response:
+        if self._model_card is None:
+            return error_response(404, "not_found", "this export has no MODEL_CARD.md beside its model file")
+        return Response(self._model_card, media_type="text/markdown; charset=utf-8")
 
 
 def _autoscaling(cfg: ServeConfig) -> dict[str, Any]:

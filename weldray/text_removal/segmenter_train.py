@@ -6,8 +6,8 @@ when ``backgrounds`` is given, from procedural text composited onto square crops
 procedural welds alone the network calls real specular highlights and speckled plates text (it fired on
 nearly every real photo), so real photos are needed as background: of the folder's photos, those where the
 OCR detector finds no text are split by a hash of their name, ``background_holdout`` of them are kept out of
-training (the validation renders use those, and the false-positive figures in docs/measurements.md are measured on them),
-and the rest are training backgrounds. Renders vary in size (0.7-1.3x the segmenter's 640 px input, i.e.
+training (the validation renders use those, and the false-positive figures in docs/measurements.md are measured
+on them), and the rest are training backgrounds. Renders vary in size (0.7-1.3x the segmenter's 640 px input, i.e.
 text scale) and half are JPEG re-saved, as real photos are.
 """
 
