@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 
 
 def main() -> None:
     import ray
 
     from weldray.config import load_config
+    from weldray.logs import setup
     from weldray.ray_utils import init_ray
 
     parser = argparse.ArgumentParser(
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--output", default=None)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (key=value)")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    setup()
     cfg = load_config(args.overrides)
     fmt = args.fmt or cfg.export.format
     init_ray(cfg.ray, job_name="export")

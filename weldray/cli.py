@@ -6,8 +6,6 @@ overrides. A command prints its main result path as its last stdout line (script
 
 from __future__ import annotations
 
-import logging
-
 import typer
 
 from weldray.cluster.cli import cluster_app, submit
@@ -30,15 +28,14 @@ app = typer.Typer(
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
+def _main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Debug logging, and Ray's own logs (workers, Ray Data) on the console."
+    ),
+) -> None:
+    from weldray.logs import setup
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False, rich_tracebacks=True)],
-    )
+    setup(verbose)
 
 
 # Commands in pipeline order; one line per command.

@@ -257,7 +257,10 @@ def _export(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
     from weldray.export.pipeline import export_checkpoint
 
     output = run.run_dir / "model" / "weld_classifier.onnx"
-    cfg = run.stage_config(f"data.root={run.output('ingest', 'manifest')}", f"export.output={output}")
+    manifest = run.output("ingest", "manifest")
+    # The run's own manifest holds its real photos: parity and INT8 checks on them, unless the user chose others.
+    check = [] if run.cfg.export.check_images else [f"export.check_images={manifest}"]
+    cfg = run.stage_config(f"data.root={manifest}", f"export.output={output}", *check)
     result = export_checkpoint(run.output("train", "checkpoint"), cfg)
     return {"model": str(result.path), **result.artefacts}, _scalars(result.report)
 

@@ -87,13 +87,18 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
     switched off for local instances only, per ``ray.local_auth_mode``, and their workers run at
     the driver's priority (``$RAY_worker_niceness`` overrides). With ``serve``, a local instance
     gets :func:`serve_environment`; a cluster's Serve ingress is whatever its nodes were started with.
+
+    Output of a local instance's workers stays in its session's log folder (logged once) unless verbose
+    (:mod:`weldray.logs`); a driver on a cluster forwards it, since there it is the job's log.
     """
     import ray
+
+    from weldray.logs import quiet_ray_data, verbose
 
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": True}
+    kwargs: dict[str, object] = {"logging_level": logging.WARNING, "log_to_driver": bool(address) or verbose()}
     if job_name:
         kwargs["namespace"] = "weldray"
     if address:
@@ -101,6 +106,7 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
         if serve is not None:
             log.info("Serve ingress is the cluster's own (serve.ingress=%s applies to local instances)", serve.ingress)
         ray.init(address=address, **kwargs)
+        quiet_ray_data()
         return
     if serve is not None:
         for key, value in serve_environment(serve).items():
@@ -130,7 +136,10 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
     if context.address_info["gcs_address"] != private:
         ray.shutdown()
         raise RuntimeError(f"local Ray started at {context.address_info['gcs_address']}, not at {private}")
+    quiet_ray_data()
     log.info("started local Ray at %s with %s CPUs", private, ray.cluster_resources().get("CPU"))
+    if not kwargs["log_to_driver"]:
+        log.info("Ray's logs (workers, Ray Data): %s/logs (-v shows them here)", context.address_info["session_dir"])
     if context.dashboard_url:
         log.info("Ray dashboard: http://%s", context.dashboard_url)
 

@@ -65,6 +65,17 @@ def test_missing_data_root_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.ray
+def _assert_quiet_console(output: str) -> None:
+    """What a person sees of a training: the driver's live epoch bar (once, at 1/1), none of Ray's internals
+    (worker and actor output, Ray Data's plans, deprecation warnings: they stay in Ray's log folder, named)."""
+    import re
+
+    for noise in ("(RayTrainWorker", "(TrainController", "(SplitCoordinator", "Execution plan", "Deprecat"):
+        assert noise not in output, (noise, output[-3000:])
+    assert len(re.findall(r"━ 1/1 epochs", output)) == 1, output[-3000:]
+    assert "Ray's logs (workers, Ray Data):" in output
+
+
 def test_two_trainings_at_once_both_succeed(procedural_dir: Path, tmp_path: Path) -> None:
     """Two `weldray train` runs side by side, each on its own private local Ray instance. Before, Ray
     Train's placement-group cleaner of one run found both instances and failed (or, with a dashboard on
@@ -81,6 +92,7 @@ def test_two_trainings_at_once_both_succeed(procedural_dir: Path, tmp_path: Path
     for name, proc, output in zip(("a", "b"), procs, outputs, strict=True):
         assert proc.returncode == 0, output[-3000:]
         assert "multiple active Ray instances" not in output, output[-3000:]
+        _assert_quiet_console(output)
         run_dir = Path(output.strip().splitlines()[-1])
         assert run_dir.parent == tmp_path / name / "runs"
         assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 1

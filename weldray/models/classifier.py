@@ -104,7 +104,11 @@ def build_classifier(
         source = load_pretrained(backbone, cfg.backbone, cfg.weights)
     else:
         source = "random init (model.pretrained=false)"
-    log.info("built %s (%s head, %d classes), weights: %s", cfg.backbone, cfg.head, num_classes, source)
+    # Where a model's starting weights come from is worth a line; a model rebuilt to load a checkpoint is not.
+    log.log(
+        logging.INFO if pretrained is None else logging.DEBUG,
+        "built %s (%s head, %d classes), weights: %s", cfg.backbone, cfg.head, num_classes, source,
+    )
     frozen = freeze_stages(backbone, cfg.freeze_stages)
     if frozen:
         log.info("froze %d tensors in the first %d stages", frozen, cfg.freeze_stages)

@@ -66,7 +66,7 @@ def run_trial(params: dict[str, Any], *, study: Study, sweep_dir: str, data_root
 
     name = tune.get_context().get_trial_name()
     cfg = trial_config(study, params, Path(sweep_dir), data_root, name)
-    train(cfg, callbacks=[_report_callback()])
+    train(cfg, callbacks=[_report_callback()], progress=False)  # a trial's progress is Tune's table
 
 
 def max_concurrent(study: Study, cfg: WeldrayConfig) -> int:

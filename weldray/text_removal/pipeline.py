@@ -287,8 +287,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
         ray.data.DataContext.get_current().enable_progress_bars = False
         # Fractional read CPUs: with the actor pool holding most of a small node, whole-CPU read tasks could
         # never be placed (seen on 1-CPU nodes) and the job would hang.
-        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True,
-                                        ray_remote_args={"num_cpus": 0.25})
+        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, num_cpus=0.25)
         ds = ds.map_batches(
             CleanActor,
             fn_constructor_kwargs=dict(

@@ -340,11 +340,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if val_shard is not None
                 else ""
             )
-            print(
-                f"[weldray train] epoch {epoch + 1}/{epochs} size {size} loss {metrics['train_loss']:.3f} "
-                f"{val}{metrics['images_per_s']:.1f} img/s {train_time:.0f}s",
-                flush=True,
+            log.info(
+                "[weldray train] epoch %d/%d size %d loss %.3f %s%.1f img/s %.0fs",
+                epoch + 1, epochs, size, metrics["train_loss"], val, metrics["images_per_s"], train_time,
             )
+            if config.get("progress") is not None:  # the driver's epoch bar (weldray.training.progress)
+                config["progress"].put_nowait(metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(
                     {

@@ -92,18 +92,21 @@ def fit(
     classes: list[str],
     initial: torch.nn.Module,
     callbacks: list[Any] | None = None,
+    progress: bool = True,
 ) -> Any:
     """Run the TorchTrainer from ``initial``'s weights; returns Ray's Result (latest checkpoint holds the
-    kept weights). ``callbacks``: Ray Train callbacks (a sweep's trial passes the one reporting to Tune)."""
+    kept weights). ``callbacks``: Ray Train callbacks (a sweep's trial passes the one reporting to Tune);
+    ``progress``: the live epoch bar on the driver's console (:mod:`weldray.training.progress`)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from weldray.training.data import build_datasets, class_weights
     from weldray.training.loop import train_loop_per_worker
+    from weldray.training.progress import epoch_progress
 
     t = cfg.training
-    # One line per epoch from the loop is the progress display; Ray Data's bars would flood it.
+    # The epoch bar is the progress display; Ray Data's bars would flood it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     plan = scaling_plan(
         cfg, ray.cluster_resources(), [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
@@ -137,27 +140,29 @@ def fit(
         # Through the object store: one copy per node, not one per worker in the pickled config.
         "initial_state": ray.put(initial.state_dict()),
     }
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=plan["num_workers"],
-            use_gpu=plan["use_gpu"],
-            resources_per_worker={"CPU": plan["cpus_per_worker"]},
-        ),
-        torch_config=TorchConfig(),  # gloo on CPU, NCCL on GPU (chosen by Ray from use_gpu)
-        run_config=RunConfig(
-            name=run_id,
-            storage_path=_storage_path(cfg),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            worker_runtime_env=WORKER_RUNTIME_ENV,
-            callbacks=callbacks,
-        ),
-        datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_")]),
-    )
-    return trainer.fit()
+    with epoch_progress(run_id, t.epochs, enabled=progress) as queue:
+        loop_config["progress"] = queue
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(
+                num_workers=plan["num_workers"],
+                use_gpu=plan["use_gpu"],
+                resources_per_worker={"CPU": plan["cpus_per_worker"]},
+            ),
+            torch_config=TorchConfig(),  # gloo on CPU, NCCL on GPU (chosen by Ray from use_gpu)
+            run_config=RunConfig(
+                name=run_id,
+                storage_path=_storage_path(cfg),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                worker_runtime_env=WORKER_RUNTIME_ENV,
+                callbacks=callbacks,
+            ),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_")]),
+        )
+        return trainer.fit()
 
 
 def _read_state(checkpoint: Any) -> dict[str, Any]:
@@ -221,7 +226,7 @@ def _mix_synthetic(cfg: WeldrayConfig, splits: Any) -> Any:
     return replace(splits, train=mixed, description=f"{splits.description}, + {n_syn} synthetic ({t.synthetic_data})")
 
 
-def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
+def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None, *, progress: bool = True) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
     return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
     validation epoch with early stopping; temperature fitted on validation),
@@ -256,7 +261,7 @@ def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None) -> Path:
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
-    result = fit(cfg, run_id, run_dir, splits, classes, initial, callbacks)
+    result = fit(cfg, run_id, run_dir, splits, classes, initial, callbacks, progress)
     if result.error is not None:
         raise RuntimeError(f"training run {run_id} failed: {result.error}") from result.error
     state = _read_state(result.checkpoint)
