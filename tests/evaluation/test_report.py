@@ -79,6 +79,37 @@ def test_evaluate_writes_report_with_expected_figures(
         assert (out / "confident_errors.png").is_file()
         confs = [e["confidence"] for e in m["errors"]]
         assert confs == sorted(confs, reverse=True)
+    if len(m["errors"]) < n:  # a run's own report shows what the model looks at when it is right, too
+        assert (out / "correct_examples.png").stat().st_size > 1000 and "## Correct answers" in text
+
+
+def test_gallery_puts_each_photo_beside_its_heatmap(procedural_dir: Path, tmp_path: Path) -> None:
+    import pandas as pd
+    from PIL import Image
+
+    from weldray.config import ModelConfig
+    from weldray.evaluation.report import heatmap_explainer, plot_gallery
+    from weldray.models import build_classifier
+    from weldray.preprocessing import load_image
+
+    model = build_classifier(ModelConfig(pretrained=False, image_size=64), 2, pretrained=False).eval()
+    explain = heatmap_explainer(model, 64)
+    paths = sorted(str(p) for p in procedural_dir.glob("*_welds/*.jpg"))[:3]
+    photo = np.asarray(load_image(paths[0]), float)
+    overlays = [np.asarray(explain(paths[0], k), float) for k in (0, 1)]
+    assert all(o.shape == photo.shape for o in overlays)
+    assert max(np.abs(o - photo).mean() for o in overlays) > 1  # the evidence for one class at least is drawn
+    rows = pd.DataFrame({"path": paths, "label_index": [0, 1, 0], "pred": [1, 1, 0], "confidence": [0.9, 0.8, 0.7]})
+    calls: list[tuple[str, int]] = []
+
+    def recording(path: str, k: int):
+        calls.append((path, k))
+        return explain(path, k)
+
+    plot_gallery(rows, tmp_path / "g.png", ["good_weld", "bad_weld"], recording)
+    assert calls == list(zip(paths, [1, 1, 0], strict=True))  # the heatmap of the *predicted* class
+    width, height = Image.open(tmp_path / "g.png").size
+    assert width > 1.5 * height  # two photo | heatmap pairs per row
 
 
 def test_evaluate_cli_prints_report_path_last(run_dir: Path, procedural_dir: Path, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
 """The evaluation report: metrics, calibration before/after temperature scaling, optional TTA,
-confusion matrix / ROC / reliability PNGs, a gallery of the most confident errors, report.md."""
+confusion matrix / ROC / reliability PNGs, galleries of the most confident errors and of correct answers (with
+heatmaps of the evidence when the model is at hand), report.md."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,24 +98,53 @@ def plot_reliability(labels: np.ndarray, curves: dict[str, np.ndarray], path: Pa
     plt.close(fig)
 
 
-def plot_gallery(rows: pd.DataFrame, path: Path, classes: list[str]) -> None:
+Explainer = Callable[[str, int], Any]  # (photo path, class index) -> heatmap overlay of the photo (PIL image)
+
+
+def heatmap_explainer(model: Any, image_size: int) -> Explainer:
+    """Overlays of the evidence for a class (:mod:`weldray.inference.explain`) from a PyTorch classifier's class
+    activation maps: the same heatmaps ``weldray predict --explain`` and the HTTP API draw from the ONNX model."""
+    import torch
+
+    from weldray.inference.explain import evidence_map, overlay, upsample
+    from weldray.models.cam import class_maps
+    from weldray.preprocessing import load_image, resize_for_model
+
+    def explain(path: str, class_index: int) -> Any:
+        photo = load_image(path)
+        x = torch.from_numpy(np.asarray(resize_for_model(photo, image_size), np.float32).transpose(2, 0, 1)[None])
+        with torch.no_grad():
+            _, maps = class_maps(model.eval(), x)
+        return overlay(photo, upsample(evidence_map(maps[0].numpy(), class_index), photo.size))
+
+    return explain
+
+
+def plot_gallery(rows: pd.DataFrame, path: Path, classes: list[str], explain: Explainer | None = None) -> None:
+    """Photos with true/predicted class and confidence; with ``explain``, each beside its heatmap overlay for
+    the predicted class (photo | heatmap)."""
     from weldray.preprocessing import load_image
 
     plt = _plt()
+    per_item = 2 if explain else 1
     n = len(rows)
-    cols = min(4, n)
-    fig, axes = plt.subplots(
-        (n + cols - 1) // cols, cols, figsize=(3.0 * cols, 3.3 * ((n + cols - 1) // cols)), squeeze=False
-    )
+    items_per_row = min(4 // per_item, n)
+    cols = items_per_row * per_item
+    n_rows = (n + items_per_row - 1) // items_per_row
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.0 * cols, 3.3 * n_rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (_, r) in zip(axes.flat, rows.iterrows(), strict=False):
-        ax.imshow(load_image(r["path"]).resize((224, 224)))
-        ax.set_title(
+    for i, (_, r) in enumerate(rows.iterrows()):
+        row_axes = axes[i // items_per_row, (i % items_per_row) * per_item :]
+        row_axes[0].imshow(load_image(r["path"]).resize((224, 224)))
+        row_axes[0].set_title(
             f"{Path(r['path']).name}\ntrue {classes[r['label_index']]}, "
             f"pred {classes[r['pred']]} {r['confidence']:.2f}",
             fontsize=8,
         )
+        if explain:
+            row_axes[1].imshow(explain(r["path"], int(r["pred"])).resize((224, 224)))
+            row_axes[1].set_title(f"evidence for {classes[r['pred']]}", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -144,7 +175,8 @@ def evaluate_rows(
         out_dir / PREDICTIONS_FILE, index=False
     )
     return report_from_logits(
-        logits, rows, list(meta.classes), float(meta.temperature), out_dir, title=title, calibration=calibration
+        logits, rows, list(meta.classes), float(meta.temperature), out_dir, title=title, calibration=calibration,
+        explain=heatmap_explainer(model, meta.image_size),
     )
 
 
@@ -163,8 +195,10 @@ def report_from_logits(
     *,
     title: str,
     calibration: str,
+    explain: Explainer | None = None,
 ) -> dict[str, Any]:
-    """Metrics, plots and ``report.md`` for given logits (one model's, or pooled out-of-fold ones)."""
+    """Metrics, plots and ``report.md`` for given logits (one model's, or pooled out-of-fold ones); with
+    ``explain`` (one model's), the galleries of confident errors and correct answers show heatmaps."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = rows.reset_index(drop=True)
     labels = rows["label_index"].to_numpy()
@@ -219,15 +253,30 @@ def report_from_logits(
         for _, r in errors.iterrows()
     ]
     if len(errors):
-        plot_gallery(errors.head(GALLERY_SIZE), out_dir / "confident_errors.png", classes)
+        plot_gallery(errors.head(GALLERY_SIZE), out_dir / "confident_errors.png", classes, explain)
+    correct = _correct_sample(rows.assign(pred=pred, confidence=best.max(1))[pred == labels], len(classes))
+    if explain is not None and len(correct):
+        plot_gallery(correct, out_dir / "correct_examples.png", classes, explain)
 
     (out_dir / "metrics.json").write_text(json.dumps(res, indent=2))
-    (out_dir / "report.md").write_text(_markdown(res, classes, has_gallery=len(errors) > 0))
+    (out_dir / "report.md").write_text(
+        _markdown(res, classes, has_gallery=len(errors) > 0, has_correct=explain is not None and len(correct) > 0)
+    )
     log.info("report written to %s", out_dir / "report.md")
     return res
 
 
-def _markdown(res: dict[str, Any], classes: list[str], *, has_gallery: bool) -> str:
+def _correct_sample(correct: pd.DataFrame, n_classes: int) -> pd.DataFrame:
+    """Up to GALLERY_SIZE correct answers, as many per true class, the most confident of each: what the model
+    looks at when it is right."""
+    per_class = max(1, GALLERY_SIZE // n_classes)
+    return (
+        correct.sort_values("confidence", ascending=False).groupby("label_index", sort=True).head(per_class)
+        .sort_values(["label_index", "confidence"], ascending=[True, False])
+    )
+
+
+def _markdown(res: dict[str, Any], classes: list[str], *, has_gallery: bool, has_correct: bool = False) -> str:
     sv = res["single_view"]
     cols = [("single view", sv)] + ([("10x TTA", res["tta"])] if "tta" in res else [])
     lines = [
@@ -271,4 +320,8 @@ def _markdown(res: dict[str, Any], classes: list[str], *, has_gallery: bool) -> 
         ]
     else:
         lines.append("No errors.")
+    if has_correct:
+        lines += ["", "## Correct answers and their evidence", "",
+                  "The most confident correct answers of each class, each beside the heatmap of the evidence for it.",
+                  "", "![correct answers](correct_examples.png)"]
     return "\n".join(lines) + "\n"
