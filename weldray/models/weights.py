@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -67,7 +68,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never runs code a file carries
+    except pickle.UnpicklingError as exc:
+        raise ValueError(
+            f"model.weights={path}: refused, the file holds pickled Python objects besides tensors and loading it "
+            f"could run code ({str(exc).splitlines()[0]}). Save the weights alone: "
+            "torch.save(model.state_dict(), PATH) or safetensors"
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -169,7 +169,7 @@ def _read_state(checkpoint: Any) -> dict[str, Any]:
     from weldray.training.loop import STATE_FILE
 
     with checkpoint.as_directory() as d:
-        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+        return torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
 
 
 def _evaluation_source(cfg: WeldrayConfig, splits: Any) -> dict[str, Any]:
