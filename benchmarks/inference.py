@@ -1,9 +1,11 @@
 """Batch-1 latency and batch-16 throughput: PyTorch eager vs ONNX Runtime fp32 vs static INT8.
 
-    .venv/bin/python benchmarks/inference.py [--checkpoint RUN_DIR] [--threads 2] [--runs 20]
+    .venv/bin/python benchmarks/inference.py [--checkpoint RUN_DIR [RUN_DIR ...]] [--threads 2] [--runs 20]
         [--cases efficientnet_lite0@224 convnextv2_nano@448]
 
-Without --checkpoint the backbones run with random weights (fine for speed; agreement figures then
+Several --checkpoint runs are timed alone (the first) and as one ensemble graph of all of them (the cost of an
+ensemble: ``weldray export RUN RUN ...``). Without --checkpoint the backbones run with random weights (fine for
+speed; agreement figures then
 compare near-tied probabilities and understate INT8 quality: pass a trained run for those).
 
 Fairness: eager runs under ``torch.inference_mode`` with the same thread count as ONNX Runtime;
@@ -125,7 +127,10 @@ def main() -> None:
     from weldray.models import build_classifier, load_checkpoint
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", help="a trained run dir / model.pt instead of random-weight backbones")
+    parser.add_argument(
+        "--checkpoint", nargs="+", help="trained run dirs / model.pt instead of random-weight backbones (several: "
+        "the first alone and all as one ensemble)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--agreement-images", type=int, default=64, help="real photos for INT8 vs fp32 agreement")
@@ -141,9 +146,15 @@ def main() -> None:
     rows = []
     kw = {"n_agree": args.agreement_images, "float_layers": args.float_layers}
     if args.checkpoint:
-        model, meta = load_checkpoint(args.checkpoint)
+        from weldray.export.ensemble import load_ensemble
+
+        model, meta = load_checkpoint(args.checkpoint[0])
         label = f"{meta.model['backbone']}@{meta.image_size}"
         rows += bench(model.eval(), meta.image_size, args.threads, args.runs, label, **kw)
+        if len(args.checkpoint) > 1:
+            ensemble, _ = load_ensemble(args.checkpoint)
+            rows += bench(ensemble, meta.image_size, args.threads, args.runs,
+                          f"ensemble of {len(args.checkpoint)} x {label}", **kw)
     else:
         for case in args.cases:
             backbone, size = case.split("@")[0], int(case.split("@")[1])
