@@ -104,3 +104,16 @@ def test_serve_cli_stops_cleanly_on_signal(model_path: Path, tmp_path: Path, sig
             proc.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # only this test's own process group, if anything survived
+
+
+def test_serve_on_a_port_in_use_says_so_in_one_line(model_path: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        log = tmp_path / "serve.log"
+        proc = _serve(model_path, port, log)
+        assert proc.wait(timeout=60) == 1
+    output = log.read_text()
+    assert f"cannot listen on 127.0.0.1:{port}" in output and "--port" in output, output
+    assert "Traceback" not in output and "started local Ray" not in output, output  # said before Ray starts

@@ -96,6 +96,22 @@ def _explained(clf, paths: list[str], out_dir: Path):
         yield {**result, "explanation": str(target)}
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """OSError naming the port when another process listens there: said before Ray starts, not as a traceback from
+    the ingress that cannot bind it."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free to use
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen on {host}:{port} ({exc.strerror}): another process holds it; "
+                "choose another with --port or serve.port=..."
+            ) from None
+
+
 def serve(
     model: str = typer.Argument(..., help="Exported .onnx model (its .json sidecar beside it)."),
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. serve.max_replicas=4."),
@@ -121,7 +137,8 @@ def serve(
         from weldray.inference.sidecar import choose_precision
 
         choose_precision(model, cfg.serve.precision, cpu=cfg.serve.num_gpus_per_replica == 0)
-    except FileNotFoundError as exc:
+        _check_port_free(cfg.serve.host, cfg.serve.port)
+    except (FileNotFoundError, OSError) as exc:
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     stopping: list[int] = []
