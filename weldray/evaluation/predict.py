@@ -50,10 +50,16 @@ def predict_logits(
 ) -> np.ndarray:
     """Logits ``[N, C]``; with ``tta`` ``[N, 10, C]`` (one per view, soft-voted by the caller
     after temperature scaling)."""
+    from rich.console import Console
+    from rich.progress import track
+
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for i in range(0, len(paths), batch_size):
+    starts = range(0, len(paths), batch_size)
+    if len(starts) > 1:  # progress on stderr for more photos than one batch (a report on a large folder)
+        starts = track(starts, description=f"predicting {len(paths)} photos", console=Console(stderr=True))
+    for i in starts:
         x = torch.from_numpy(np.stack([prepare(p, image_size) for p in paths[i : i + batch_size]])).to(device)
         if tta:
             out.append(torch.stack([model(view(x)) for _, view in TTA_VIEWS], dim=1).float().cpu())
