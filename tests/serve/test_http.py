@@ -101,6 +101,54 @@ def test_health_ready_metadata_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
 
 
+API_KEY = "s3cret-key"
+
+
+@pytest.fixture(scope="module")
+def secure(server: str, model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same model as a second app behind an API key (serve.api_key_file), on the same Serve instance."""
+    from ray import serve
+
+    from weldray.config import load_config
+    from weldray.inference.serving import build_application
+
+    key_file = tmp_path_factory.mktemp("key") / "api.key"
+    key_file.write_text(API_KEY + "\n")
+    cfg = load_config(
+        [f"serve.api_key_file={key_file}", "serve.max_replicas=1", "serve.num_cpus_per_replica=0.25",
+         "serve.intra_op_threads=1"]
+    ).serve
+    serve.run(build_application(model_path, cfg), name="weldray-secure", route_prefix="/secure")
+    return f"{server}/secure"
+
+
+def test_api_key_guards_the_model_routes_only(secure: str) -> None:
+    data = _encode(_photo(), "PNG")
+    with httpx.Client(base_url=secure, timeout=30.0) as c:
+        for route, kwargs in (("/predict", {"content": data}), ("/metadata", {}), ("/model-card", {})):
+            method = c.post if route == "/predict" else c.get
+            for headers in ({}, {"x-api-key": "wrong"}, {"authorization": f"Bearer {API_KEY}x"}):
+                denied = method(route, headers=headers, **kwargs)
+                assert denied.status_code == 401 and denied.json()["error"] == "unauthorized", (route, headers)
+                assert denied.headers["www-authenticate"].startswith("Bearer")
+            for headers in ({"x-api-key": API_KEY}, {"authorization": f"Bearer {API_KEY}"}):
+                assert method(route, headers=headers, **kwargs).status_code == 200, (route, headers)
+        assert c.get("/metadata", headers={"x-api-key": API_KEY}).json()["api_key_required"] is True
+        assert c.get("/healthz").status_code == 200 and c.get("/").status_code == 200  # open: liveness, the page
+
+
+def test_a_missing_or_empty_key_file_fails_before_any_replica(model_path: Path, tmp_path: Path) -> None:
+    from weldray.config import load_config
+    from weldray.inference.serving import build_application
+
+    empty = tmp_path / "empty.key"
+    empty.write_text("\n")
+    with pytest.raises(FileNotFoundError, match="serve.api_key_file=.*no such file"):
+        build_application(model_path, load_config([f"serve.api_key_file={tmp_path / 'none.key'}"]).serve)
+    with pytest.raises(ValueError, match="is empty"):
+        build_application(model_path, load_config([f"serve.api_key_file={empty}"]).serve)
+
+
 def test_metadata_links_the_model_card(client: httpx.Client) -> None:
     url = client.get("/metadata").json()["model_card"]
     card = client.get(url)
@@ -343,6 +391,24 @@ def test_web_inspector_in_a_real_browser(server: str, browser, tmp_path: Path) -
     table = list(csv.DictReader(target.open()))
     assert [r["photo"] for r in table] == ["weld.jpg", "broken.jpg"]
     assert table[0]["class"] in CLASSES and table[1]["error"] == "corrupt"
+
+
+def test_inspector_asks_for_the_api_key_and_then_classifies(secure: str, browser, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "weld.png"
+    _photo().save(photo)
+    browser.get(secure + "/")
+    WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "keyform").is_displayed())
+    assert "needs an API key" in browser.find_element(By.ID, "model").text
+    browser.find_element(By.ID, "apikey").send_keys(API_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#keyform button").click()
+    WebDriverWait(browser, 30).until(lambda d: "classes good_weld, bad_weld" in d.find_element(By.ID, "model").text)
+    assert not browser.find_element(By.ID, "keyform").is_displayed()
+    browser.find_element(By.ID, "files").send_keys(str(photo))
+    row = lambda d: d.find_element(By.CSS_SELECTOR, "#results tbody tr")  # noqa: E731
+    WebDriverWait(browser, 60).until(lambda d: row(d).get_attribute("data-status") == "done")
 
 
 def test_inspector_assets_are_served_and_nothing_else(client: httpx.Client) -> None:

@@ -63,6 +63,10 @@ class ServeConfig:
     # browsers' developer tools and benchmarks/serve_load.py show where a request's time goes. Off hides
     # the replica's timings from clients.
     server_timing: bool = True
+    # A file holding an API key (one line): /predict, /predict/batch, /metadata and /model-card then need it as
+    # `Authorization: Bearer KEY` or `X-API-Key: KEY` (401 JSON otherwise); /healthz, /readyz, the inspector page
+    # and /docs stay open. Only the key's SHA-256 reaches the replicas. null: no authentication.
+    api_key_file: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

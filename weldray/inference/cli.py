@@ -125,7 +125,7 @@ def serve(
     import ray
     from ray import serve as ray_serve
 
-    from weldray.inference.serving import build_application
+    from weldray.inference.serving import api_key_digest, build_application
     from weldray.ray_utils import IngressUnavailableError, init_ray
 
     extra = [*([f"serve.host={host}"] if host else []), *([f"serve.port={port}"] if port else [])]
@@ -138,7 +138,8 @@ def serve(
 
         choose_precision(model, cfg.serve.precision, cpu=cfg.serve.num_gpus_per_replica == 0)
         _check_port_free(cfg.serve.host, cfg.serve.port)
-    except (FileNotFoundError, OSError) as exc:
+        api_key_digest(cfg.serve)  # a missing or empty key file: said now, not by a replica
+    except (FileNotFoundError, OSError, ValueError) as exc:
         typer.secho(f"serve failed: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
     stopping: list[int] = []

@@ -17,6 +17,8 @@ Entry points: :func:`build_application` (Python / ``weldray serve``) and :func:`
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Iterator
@@ -96,6 +98,22 @@ def error_response(
     return JSONResponse({"error": code, "reason": reason}, status_code=status, headers=headers)
 
 
+def api_key_digest(cfg: ServeConfig) -> str | None:
+    """SHA-256 (hex) of the key in ``serve.api_key_file``, read on the driver so a missing or empty file is an error
+    before any replica starts; None without a key file."""
+    if not cfg.api_key_file:
+        return None
+    from weldray.io import read_bytes
+
+    try:
+        key = read_bytes(cfg.api_key_file).decode().strip()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"serve.api_key_file={cfg.api_key_file}: no such file") from None
+    if not key:
+        raise ValueError(f"serve.api_key_file={cfg.api_key_file} is empty: put the API key on its first line")
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class OverloadedError(RuntimeError):
     """The replica already holds ``serve.max_pending_images`` images."""
 
@@ -159,6 +177,7 @@ class WeldService:
             max_pixels=options["max_image_pixels"],
         )
         self.options = options
+        self._key_digest: str | None = options.get("api_key_sha256")
         self.input_size = self.infer.input_size
         self._model_card = self.infer.model_card()
         # One batch at a time runs in the worker thread (ONNX Runtime parallelises inside); the
@@ -232,6 +251,19 @@ class WeldService:
         return list(zip(results, timings, strict=True))
 
     # --- helpers -----------------------------------------------------------------------------
+    def _unauthorized(self, request: Request) -> JSONResponse | None:
+        """401 JSON unless the request carries the API key (when there is one); compared in constant time."""
+        if self._key_digest is None:
+            return None
+        auth = request.headers.get("authorization", "")
+        key = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+        if key and hmac.compare_digest(hashlib.sha256(key.encode()).hexdigest(), self._key_digest):
+            return None
+        return error_response(
+            401, "unauthorized", "this API needs its key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+            {"WWW-Authenticate": 'Bearer realm="weldray"'},
+        )
+
     def _record(self, route: str, outcome: str, started: float) -> None:
         self._requests.inc(tags={"route": route, "outcome": outcome})
         self._latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
@@ -374,6 +406,8 @@ class WeldService:
     )
     async def predict(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
+        if (denied := self._unauthorized(request)) is not None:  # before a byte of the body is read
+            return denied
         timing: Timing = {}
 
         async def work() -> dict[str, Any]:
@@ -398,6 +432,8 @@ class WeldService:
     )
     async def predict_batch(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
 
         async def one(data: bytes) -> dict[str, Any]:
             try:
@@ -441,16 +477,21 @@ class WeldService:
         return JSONResponse({"status": "ready", "provider": self.infer.provider})
 
     @api.get("/metadata", summary="Model version, classes, input size, provider, limits and its model card's URL.")
-    async def metadata(self) -> JSONResponse:
+    async def metadata(self, request: Request) -> JSONResponse:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         limits = {k: self.options[k] for k in ("max_body_bytes", "max_image_pixels", "max_batch_items",
                                                "max_pending_images")}
         return JSONResponse(
             {**self.infer.metadata, "limits": limits, "allowed_formats": sorted(ALLOWED_FORMATS),
-             "model_card": "/model-card" if self._model_card is not None else None}
+             "model_card": "/model-card" if self._model_card is not None else None,
+             "api_key_required": self._key_digest is not None}
         )
 
     @api.get("/model-card", summary="The model card (Markdown) written by `weldray export`.")
-    async def model_card(self) -> Response:
+    async def model_card(self, request: Request) -> Response:
+        if (denied := self._unauthorized(request)) is not None:
+            return denied
         if self._model_card is None:
             return error_response(404, "not_found", "this export has no MODEL_CARD.md beside its model file")
         return Response(self._model_card, media_type="text/markdown; charset=utf-8")
@@ -473,11 +514,12 @@ def build_application(model_path: str | Path, cfg: ServeConfig):
     # Fail here, not in a replica, when a sidecar or the requested precision's model is missing.
     chosen, why = choose_precision(path, cfg.precision, cpu=cfg.num_gpus_per_replica == 0)
     log.info("replicas serve %s (%s)", chosen, why)
+    options = {**asdict(cfg), "api_key_sha256": api_key_digest(cfg)}
     return WeldService.options(
         autoscaling_config=_autoscaling(cfg),
         max_ongoing_requests=cfg.max_ongoing_requests,
         ray_actor_options={"num_cpus": cfg.num_cpus_per_replica, "num_gpus": cfg.num_gpus_per_replica},
-    ).bind(path, asdict(cfg))
+    ).bind(path, options)
 
 
 def build_app(args: dict[str, Any]):

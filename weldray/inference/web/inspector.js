@@ -5,10 +5,24 @@ const rows = [];          // one per photo: {name, status, class, confidence, ne
 const tbody = document.querySelector("#results tbody");
 const PARALLEL = 2;       // requests in flight at once (the server batches and answers 503 when full)
 
+// With serve.api_key_file the API needs a key: asked for once, kept for this browser tab only.
+function authHeaders() {
+  const key = sessionStorage.getItem("weldray-api-key");
+  return key ? { "x-api-key": key } : {};
+}
+
 async function loadModel() {
   const el = document.getElementById("model");
+  const form = document.getElementById("keyform");
   try {
-    const meta = await (await fetch("metadata")).json();
+    const response = await fetch("metadata", { headers: authHeaders() });
+    if (response.status === 401) {
+      el.textContent = "this server needs an API key: enter it to classify photos";
+      form.hidden = false;
+      return;
+    }
+    form.hidden = true;
+    const meta = await response.json();
     el.textContent = `model ${meta.model_version} · ${meta.backbone || "?"} · ${meta.precision} on ` +
       `${meta.provider} · classes ${meta.classes.join(", ")} · review below ${Math.round(meta.review_threshold * 100)} %`;
   } catch (err) {
@@ -63,7 +77,8 @@ async function classify(row, file) {
     let response;
     try {
       response = await fetch("predict?explain=true", {
-        method: "POST", body: file, headers: { "content-type": file.type || "application/octet-stream" },
+        method: "POST", body: file,
+        headers: { "content-type": file.type || "application/octet-stream", ...authHeaders() },
       });
     } catch (err) {
       Object.assign(row, { status: "error", error: "network", reason: String(err) });
@@ -143,3 +158,9 @@ drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove
 document.getElementById("csv").addEventListener("click", downloadCsv);
 document.getElementById("clear").addEventListener("click", () => { rows.length = 0; tbody.replaceChildren(); summarise(); });
 loadModel();
+
+document.getElementById("keyform").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("weldray-api-key", document.getElementById("apikey").value.trim());
+  loadModel();
+});
