@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
@@ -40,7 +40,11 @@ def filesystem(uri: str | os.PathLike[str], endpoint_url: str | None = None) -> 
 
 
 def join(uri: str | os.PathLike[str], *parts: str) -> str:
-    """Join path parts onto a folder or S3 prefix."""
+    """Join path parts onto a folder or S3 prefix. A part that would leave it (``..``, an absolute path) is a
+    ValueError: parts come from input file names and S3 keys, and an output must never land outside its folder."""
+    for part in parts:
+        if os.path.isabs(part) or ".." in PurePosixPath(part.replace("\\", "/")).parts:
+            raise ValueError(f"unsafe path {part!r}: it would leave {uri}")
     uri = str(uri)
     if is_s3(uri):
         return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])

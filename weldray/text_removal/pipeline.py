@@ -130,13 +130,17 @@ def process_image(
     if done and done.get(relpath) == sha:
         rec["status"] = "skipped"
         return rec
+    try:  # an S3 key such as "good/../../x.jpg" would write outside OUTPUT: refused, reported like a bad image
+        out_uri, mask_uri = wio.join(output, relpath), wio.join(output, mask_relpath(relpath))
+    except ValueError as exc:
+        rec.update(status="reject", reason=str(exc))
+        return rec
     try:
         image = np.asarray(decode_image(data))
     except ImageError as exc:
         rec.update(status="reject", reason=f"{type(exc).__name__}: {exc.reason}")
         return rec
     res = cleaner.clean(image, FileCodec(relpath, cfg.jpeg_quality))
-    out_uri, mask_uri = wio.join(output, relpath), wio.join(output, mask_relpath(relpath))
     # Nothing inpainted: the input bytes are the output (no generation loss, and the audit's search of
     # pass 0 was a search of exactly this file).
     encoded = res.encoded if res.encoded is not None else data
