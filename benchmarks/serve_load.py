@@ -75,6 +75,21 @@ def _server_timing(header: str) -> dict[str, float]:
     return out
 
 
+async def _floor(url: str, total: int) -> list[float]:
+    """Latencies (ms) of ``GET /healthz`` one at a time: the client, the ingress, the HTTP server and Serve with no
+    work at all, i.e. what any request pays for being HTTP through Serve."""
+    import httpx
+
+    out = []
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        await client.get("/healthz")
+        for _ in range(total):
+            t0 = time.perf_counter()
+            await client.get("/healthz")
+            out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
 async def _load(
     url: str, payloads: list[bytes], concurrency: int, total: int, stages: list[dict[str, float]] | None = None
 ) -> tuple[np.ndarray, float, int]:
@@ -170,6 +185,7 @@ def main() -> None:
         batched: list[float] = []
         local_stages: list[dict[str, float]] = []
         http_stages: list[dict[str, float]] = []
+        floor: list[float] = []
         http: dict[int, list[tuple[np.ndarray, float, int]]] = {c: [] for c in levels}
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -182,6 +198,7 @@ def main() -> None:
                 batched.append(thr)
                 for c in levels:
                     http[c].append(asyncio.run(_load(url, payloads, c, args.requests, http_stages if c == 1 else None)))
+                floor += asyncio.run(_floor(url, args.requests))
         finally:
             serve.shutdown()
             ray.shutdown()
@@ -224,10 +241,10 @@ def main() -> None:
         )
     console = Console(width=200)
     console.print(table)
-    console.print(_breakdown(local_stages, http_stages))
+    console.print(_breakdown(local_stages, http_stages, floor))
 
 
-def _breakdown(local: list[dict[str, float]], http: list[dict[str, float]]):
+def _breakdown(local: list[dict[str, float]], http: list[dict[str, float]], floor: list[float]):
     """Median ms per stage of one request at concurrency 1: in process vs inside the replica vs the client."""
     from rich.table import Table
 
@@ -257,6 +274,8 @@ def _breakdown(local: list[dict[str, float]], http: list[dict[str, float]]):
     total_local = float(np.median([sum(r.values()) for r in local])) if local else None
     table.add_row("outside the handler", "", cell(float(np.median(outside)) if outside else None), "",
                   "HTTP server, ingress hop, client")
+    table.add_row("  of which any request", "", cell(float(np.median(floor)) if floor else None), "",
+                  "GET /healthz: the same path with no work (client, ingress, HTTP server, Serve)")
     client = med(http, "client")
     table.add_row("total", cell(total_local), cell(client),
                   f"{client - total_local:+.2f}" if client is not None and total_local else "", "")
