@@ -10,7 +10,7 @@ from weldray.cli_utils import exit_on_user_error, print_result
 def pretrain(
     data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet with the photos (labels unused)."),
     overrides: list[str] | None = typer.Argument(
-        None, help="Hydra overrides, e.g. pretrain.epochs=20 pretrain.extra_data=[/path/to/unlabelled]."
+        None, help="Hydra overrides, e.g. pretrain.epochs=20 model.backbone=vit_small_patch14_dinov2.lvd142m."
     ),
 ) -> None:
     """Self-supervised DINO warm-up of the classifier's backbone on DATA with Ray Train; prints the run

@@ -182,7 +182,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
             seen += views[0].shape[0]
             loss_sum += float(loss.detach())
         epoch_time = time.perf_counter() - t0
-        totals = torch.tensor([loss_sum, steps, seen], dtype=torch.float64)
+        totals = torch.tensor([loss_sum, steps, seen], dtype=torch.float64, device=device)  # NCCL: on the GPU
         if world > 1:
             dist.all_reduce(totals)
         metrics = {
