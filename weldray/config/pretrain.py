@@ -21,8 +21,9 @@ class PretrainConfig:
     epochs: int = 10
     # Images per worker and step (each gives 2 global + n_local_crops local views).
     batch_size: int = 16
-    # AdamW peak learning rate of the student (backbone and head): linear warmup, then cosine to 1 %.
-    lr: float = 1e-4
+    # AdamW peak learning rate of the student (backbone and head): linear warmup, then cosine to 1 %. On procedural
+    # welds from ImageNet Lite0 the DINO loss fell at 1e-3 and stayed flat at 1e-4 over a few epochs.
+    lr: float = 1e-3
     weight_decay: float = 0.04
     warmup_epochs: float = 1.0
     # Multi-crop views (lightly's DINOTransform): 2 global crops (the teacher sees these) and n_local_crops
@@ -36,10 +37,11 @@ class PretrainConfig:
     hidden_dim: int = 512
     bottleneck_dim: int = 64
     out_dim: int = 2048
-    # Epochs during which the head's last layer stays fixed (stabilises the start, as in DINO).
-    freeze_last_layer_epochs: int = 1
+    # Epochs during which the head's last layer stays fixed (DINO: 1 of 100+ for stability; a short warm-up
+    # from pretrained weights learnt more with it free from the start).
+    freeze_last_layer_epochs: int = 0
     # Teacher = EMA of the student; its momentum follows a cosine from momentum_start to momentum_end per step.
-    momentum_start: float = 0.99
+    momentum_start: float = 0.996
     momentum_end: float = 1.0
     # Teacher softmax temperature (sharpening; below the student's 0.1), linearly from warmup_teacher_temp over
     # the first warmup_teacher_temp_epochs epochs. Centering: lightly's DINOLoss (moving mean, momentum 0.9).
