@@ -10,8 +10,8 @@ from weldray.cli import app
 def test_help_lists_every_stage() -> None:
     result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0
-    stages = ("ingest", "clean", "train-segmenter", "train-lora", "generate", "train", "cv", "evaluate", "export",
-              "predict", "serve", "pipeline")
+    stages = ("ingest", "clean", "train-segmenter", "train-lora", "generate", "pretrain", "train", "cv", "evaluate",
+              "export", "predict", "serve", "pipeline")
     for command in stages:
         assert f" {command} " in result.output, command
 

@@ -14,7 +14,9 @@ from weldray.pipeline import PIPELINE, StageError, run_pipeline, split_args
 
 
 def test_stage_order_is_the_documented_one() -> None:
-    assert tuple(s.name for s in PIPELINE) == STAGES == ("clean", "ingest", "generate", "train", "evaluate", "export")
+    assert tuple(s.name for s in PIPELINE) == STAGES == (
+        "clean", "ingest", "generate", "pretrain", "train", "evaluate", "export"
+    )
 
 
 def test_split_args_turns_data_into_an_override() -> None:
@@ -35,6 +37,8 @@ def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
     doc = json.loads((run_dir / "pipeline.json").read_text())
     assert doc["stages"]["clean"]["status"] == "skipped"
     assert "text_removal.enabled=false" in doc["stages"]["clean"]["note"]
+    assert doc["stages"]["pretrain"]["status"] == "skipped"  # the DINO warm-up is off by default
+    assert doc["stages"]["pretrain"]["note"] == "pipeline.pretrain=false"
     ingest = doc["stages"]["ingest"]
     assert ingest["status"] == "done" and ingest["metrics"]["n_images"] == 20
     assert Path(ingest["outputs"]["manifest"]).is_file()
@@ -55,6 +59,29 @@ def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
     assert Path(changed["outputs"]["manifest"]).is_file()
 
 
+def test_pretrain_stage_feeds_its_weights_to_train_and_takes_the_synthetic_images(tmp_path: Path) -> None:
+    from weldray.config import load_config
+    from weldray.pipeline import PipelineRun, StageRecord, _pretrain_config, _stage_key, _train_config
+
+    def run_for(*overrides: str) -> PipelineRun:
+        return PipelineRun(list(overrides), load_config(list(overrides)), tmp_path)
+
+    stage = next(s for s in PIPELINE if s.name == "pretrain")
+    # Off: its keys do not change what train depends on; on: they do.
+    assert _stage_key(stage, run_for("pretrain.epochs=3"), []) == _stage_key(stage, run_for(), [])
+    assert _stage_key(stage, run_for("pipeline.pretrain=true", "pretrain.epochs=3"), []) != _stage_key(
+        stage, run_for("pipeline.pretrain=true"), [])
+
+    run = run_for("pipeline.pretrain=true", "profile=quick_test")
+    run.records["ingest"] = StageRecord("ingest", "done", outputs={"manifest": str(tmp_path / "manifest.parquet")})
+    run.records["generate"] = StageRecord("generate", "done", outputs={"synthetic_data": str(tmp_path / "generate")})
+    assert _pretrain_config(run).pretrain.synthetic_data == str(tmp_path / "generate")
+    assert _train_config(run).model.weights is None
+    run.records["pretrain"] = StageRecord("pretrain", "done", outputs={"backbone": str(tmp_path / "b.safetensors")})
+    train = _train_config(run)
+    assert train.model.weights == str(tmp_path / "b.safetensors") and train.model.pretrained  # quick_test: false
+
+
 def test_a_stage_cannot_run_before_its_inputs_exist(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "ds", 10)
     with pytest.raises(StageError, match="ingest"):
@@ -65,7 +92,7 @@ def test_failed_stage_is_recorded_with_how_to_rerun(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     (empty / "good_welds").mkdir(parents=True)
     (empty / "bad_welds").mkdir()
-    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,generate,train,evaluate,export\]"):
+    with pytest.raises(StageError, match=r"pipeline.stages=\[ingest,generate,pretrain,train,evaluate,export\]"):
         run_pipeline(_overrides(tmp_path, empty))
     doc = json.loads((tmp_path / "out" / "pipelines" / "empty-cpu" / "pipeline.json").read_text())
     assert doc["stages"]["ingest"]["status"] == "failed"

@@ -13,6 +13,7 @@ from weldray.data.cli import ingest
 from weldray.export.cli import export
 from weldray.inference.cli import predict, serve
 from weldray.pipeline_cli import pipeline
+from weldray.pretrain.cli import pretrain
 from weldray.sweep.cli import sweep, sweep_best
 from weldray.synthetic.cli import generate, train_lora
 from weldray.text_removal.cli import clean, train_segmenter
@@ -39,8 +40,8 @@ def _main(
 
 
 # Commands in pipeline order; one line per command.
-for command in (ingest, clean, train_segmenter, train_lora, generate, train, cv, evaluate, export, predict, serve,
-                pipeline, submit):
+for command in (ingest, clean, train_segmenter, train_lora, generate, pretrain, train, cv, evaluate, export, predict,
+                serve, pipeline, submit):
     app.command()(command)
 app.command()(sweep)
 app.command(name="sweep-best")(sweep_best)

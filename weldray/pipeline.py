@@ -1,4 +1,4 @@
-"""The end-to-end pipeline: clean -> ingest -> generate -> train -> evaluate -> export.
+"""The end-to-end pipeline: clean -> ingest -> generate -> [pretrain] -> train -> evaluate -> export.
 
 Each stage's inputs, outputs, metrics and timing are recorded in ``RUN_DIR/pipeline.json``.
 A stage whose input key (its config slice plus the keys of the stages before it) is unchanged
@@ -203,6 +203,46 @@ def _generate(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
     return {"synthetic_data": str(out)}, metrics
 
 
+# --- pretrain ----------------------------------------------------------------------------------------
+
+def _pretrain_skip(run: PipelineRun) -> str | None:
+    return None if run.cfg.pipeline.pretrain else "pipeline.pretrain=false"
+
+
+def _pretrain_key(run: PipelineRun) -> dict[str, Any]:
+    """What the warm-up depends on; a constant while it is off, so its keys do not invalidate train."""
+    if not run.cfg.pipeline.pretrain:
+        return {"pretrain": False}
+    return {**_slice(run.cfg, "pretrain", "model", "seed"), "holdout": run.cfg.training.holdout}
+
+
+def _pretrain_config(run: PipelineRun) -> WeldrayConfig:
+    """The cleaned photos of ingest, plus the generate stage's synthetic images when it made them."""
+    extra = [f"output_dir={run.run_dir}"]
+    generated = run.records.get("generate")
+    if run.cfg.pretrain.synthetic_data is None and generated is not None and generated.status == "done":
+        extra.append(f"pretrain.synthetic_data={generated.outputs['synthetic_data']}")
+    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", *extra)
+
+
+def _pretrain_preflight(run: PipelineRun) -> None:
+    from weldray.pretrain import preflight
+
+    preflight(run.cfg)  # lightly, start weights, view sizes, extra folders
+
+
+def _pretrain(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    """The DINO warm-up on every photo the final fit trains on. The train stage's cross-validation folds then
+    start from a backbone that saw their held-out photos (unlabelled): its figures measure the shipped
+    workflow, not a warm-up that never saw them (`weldray pretrain DATA training.cv_fold=k` does that)."""
+    from weldray.pretrain import pretrain
+    from weldray.pretrain.trainer import WEIGHTS_FILE
+
+    run_dir = Path(pretrain(_pretrain_config(run)))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {"run_dir": str(run_dir), "backbone": str(run_dir / WEIGHTS_FILE)}, _scalars(metrics)
+
+
 # --- train / evaluate / export -----------------------------------------------------------------------
 
 def _train_config(run: PipelineRun) -> WeldrayConfig:
@@ -210,6 +250,9 @@ def _train_config(run: PipelineRun) -> WeldrayConfig:
     generated = run.records.get("generate")
     if generated is not None and generated.status == "done":
         extra.append(f"training.synthetic_data={generated.outputs['synthetic_data']}")
+    warmed = run.records.get("pretrain")
+    if warmed is not None and warmed.status == "done":
+        extra += ["model.pretrained=true", f"model.weights={warmed.outputs['backbone']}"]
     return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", *extra)
 
 
@@ -287,6 +330,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("ingest", lambda r: _slice(r.cfg, "data"), _ingest),
     Stage("generate", lambda r: {**_slice(r.cfg, "synthetic", "model", "seed"), "cv_folds": r.cfg.pipeline.cv_folds,
                                  "holdout": r.cfg.training.holdout}, _generate, _generate_skip, _generate_preflight),
+    Stage("pretrain", _pretrain_key, _pretrain, _pretrain_skip, _pretrain_preflight),
     Stage("train", lambda r: {**_slice(r.cfg, "model", "training", "seed"), "cv_folds": r.cfg.pipeline.cv_folds},
           _train, preflight=_train_preflight),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),

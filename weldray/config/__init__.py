@@ -20,6 +20,7 @@ from weldray.config.data import DataConfig, ProceduralConfig
 from weldray.config.export import ExportConfig
 from weldray.config.model import ModelConfig
 from weldray.config.pipeline import PipelineConfig
+from weldray.config.pretrain import PretrainConfig
 from weldray.config.ray import RayConfig
 from weldray.config.serve import ServeConfig
 from weldray.config.synthetic import SyntheticConfig
@@ -35,6 +36,7 @@ __all__ = [
     "ExportConfig",
     "ModelConfig",
     "PipelineConfig",
+    "PretrainConfig",
     "ProceduralConfig",
     "RayConfig",
     "ServeConfig",
@@ -56,6 +58,7 @@ class WeldrayConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     text_removal: TextRemovalConfig = field(default_factory=TextRemovalConfig)
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     export: ExportConfig = field(default_factory=ExportConfig)

@@ -7,7 +7,7 @@ from typing import Optional
 
 from weldray.config._base import ConfigError
 
-STAGES = ("clean", "ingest", "generate", "train", "evaluate", "export")
+STAGES = ("clean", "ingest", "generate", "pretrain", "train", "evaluate", "export")
 
 
 @dataclass
@@ -19,6 +19,9 @@ class PipelineConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     # Re-run the selected stages even when their recorded inputs are unchanged.
     force: bool = False
+    # The optional DINO warm-up of the backbone (`weldray pretrain`, ``pretrain.*``) before train, which then
+    # starts from its weights (model.weights). Off by default.
+    pretrain: bool = False
     # Cross-validation folds the train stage runs before the final fit (their out-of-fold predictions give
     # the evaluation figures and the temperature); None: all data.n_folds.
     cv_folds: Optional[list[int]] = None
