@@ -137,7 +137,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as d:
-            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=False)
+            state = torch.load(os.path.join(d, STATE_FILE), map_location="cpu", weights_only=True)
         inner.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         criterion.load_state_dict(state["criterion"])
@@ -197,12 +197,13 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
         }
         history.append(dict(metrics))
         if rank == 0:
-            print(
-                f"[weldray pretrain] epoch {epoch + 1}/{epochs} DINO loss {metrics['loss']:.4f} "
-                f"teacher temp {metrics['teacher_temp']:.3f} momentum {momentum:.4f} "
-                f"{metrics['images_per_s']:.1f} img/s {epoch_time:.0f}s",
-                flush=True,
+            log.info(
+                "[weldray pretrain] epoch %d/%d DINO loss %.4f teacher temp %.3f momentum %.4f %.1f img/s %.0fs",
+                epoch + 1, epochs, metrics["loss"], metrics["teacher_temp"], momentum, metrics["images_per_s"],
+                epoch_time,
             )
+            if config.get("progress") is not None:  # the driver's epoch bar (weldray.training.progress)
+                config["progress"].put_nowait(metrics)
             with tempfile.TemporaryDirectory() as tmp:
                 torch.save(
                     {

@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 WEIGHTS_FILE = "backbone.safetensors"
 
 
+def _describe(m: dict[str, Any]) -> str:
+    return f"DINO loss {m['loss']:.3f} {m['images_per_s']:.1f} img/s"
+
+
 def run_id_for(cfg: WeldrayConfig) -> str:
     """``pretrain.run_name`` (the same name resumes), else a timestamp plus the config hash."""
     return cfg.pretrain.run_name or f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.fingerprint()[:6]}"
@@ -94,10 +98,11 @@ def fit(cfg: WeldrayConfig, run_id: str, rows: Any, initial: dict[str, torch.Ten
 
     from weldray.pretrain.data import build_dataset
     from weldray.pretrain.loop import pretrain_loop_per_worker
+    from weldray.training.progress import epoch_progress
     from weldray.training.trainer import WORKER_RUNTIME_ENV, _storage_path, scaling_plan
 
     t, p = cfg.training, cfg.pretrain
-    # One line per epoch from the loop is the progress display; Ray Data's bars would flood it.
+    # The epoch bar is the progress display; Ray Data's bars would flood it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     plan = scaling_plan(
         cfg, ray.cluster_resources(), [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
@@ -109,34 +114,36 @@ def fit(cfg: WeldrayConfig, run_id: str, rows: Any, initial: dict[str, torch.Ten
             f"{plan['num_workers']} workers): add images (pretrain.extra_data) or lower pretrain.batch_size"
         )
     log.info("Ray Train plan: %s; %d images, %d views each", plan, n_images, 2 + p.n_local_crops)
-    trainer = TorchTrainer(
-        pretrain_loop_per_worker,
-        train_loop_config={
-            "pretrain": asdict(p),
-            "model": asdict(cfg.model),
-            "n_images": n_images,
-            "seed": cfg.seed,
-            "torch_threads": plan["torch_threads"],
-            # Through the object store: one copy per node, not one per worker in the pickled config.
-            "initial_backbone": ray.put(initial),
-        },
-        scaling_config=ScalingConfig(
-            num_workers=plan["num_workers"],
-            use_gpu=plan["use_gpu"],
-            resources_per_worker={"CPU": plan["cpus_per_worker"]},
-        ),
-        torch_config=TorchConfig(),  # gloo on CPU, NCCL on GPU (chosen by Ray from use_gpu)
-        run_config=RunConfig(
-            name=f"pretrain-{run_id}",
-            storage_path=_storage_path(cfg),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            worker_runtime_env=WORKER_RUNTIME_ENV,
-        ),
-        datasets={"train": dataset},
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-    )
-    return trainer.fit(), n_images
+    with epoch_progress(f"pretrain-{run_id}", p.epochs, describe=_describe) as queue:
+        trainer = TorchTrainer(
+            pretrain_loop_per_worker,
+            train_loop_config={
+                "pretrain": asdict(p),
+                "model": asdict(cfg.model),
+                "n_images": n_images,
+                "seed": cfg.seed,
+                "torch_threads": plan["torch_threads"],
+                # Through the object store: one copy per node, not one per worker in the pickled config.
+                "initial_backbone": ray.put(initial),
+                "progress": queue,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=plan["num_workers"],
+                use_gpu=plan["use_gpu"],
+                resources_per_worker={"CPU": plan["cpus_per_worker"]},
+            ),
+            torch_config=TorchConfig(),  # gloo on CPU, NCCL on GPU (chosen by Ray from use_gpu)
+            run_config=RunConfig(
+                name=f"pretrain-{run_id}",
+                storage_path=_storage_path(cfg),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                worker_runtime_env=WORKER_RUNTIME_ENV,
+            ),
+            datasets={"train": dataset},
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+        )
+        return trainer.fit(), n_images
 
 
 def save_backbone(state: dict[str, torch.Tensor], path: Path, cfg: WeldrayConfig, run_id: str) -> None:

@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
+def describe_training(m: dict[str, Any]) -> str:
+    info = f"@{m['image_size']}px loss {m['train_loss']:.3f} {m['images_per_s']:.1f} img/s"
+    return info + (f" val bal. acc. {m['val_bal_acc']:.3f}" if "val_bal_acc" in m else "")
+
+
 @contextlib.contextmanager
-def epoch_progress(title: str, epochs: int, *, enabled: bool = True) -> Iterator[Any]:
-    """Yields the queue for the training loop (``None`` when disabled) and draws its epochs until the block ends."""
+def epoch_progress(
+    title: str, epochs: int, *, enabled: bool = True, describe: Callable[[dict[str, Any]], str] = describe_training
+) -> Iterator[Any]:
+    """Yields the queue for the training loop (``None`` when disabled) and draws its epochs (each epoch's metrics
+    dict, with ``epoch`` counted from 0, as ``describe`` puts it) until the block ends."""
     if not enabled:
         yield None
         return
@@ -44,10 +52,7 @@ def epoch_progress(title: str, epochs: int, *, enabled: bool = True) -> Iterator
                     continue
                 except Exception:  # the queue actor is gone (Ray shut down): nothing more to draw
                     return
-                info = f"@{m['image_size']}px loss {m['train_loss']:.3f} {m['images_per_s']:.1f} img/s"
-                if "val_bal_acc" in m:
-                    info += f" val bal. acc. {m['val_bal_acc']:.3f}"
-                bar.update(task, completed=m["epoch"] + 1, info=info)
+                bar.update(task, completed=m["epoch"] + 1, info=describe(m))
 
         thread = threading.Thread(target=draw, name="epoch-progress", daemon=True)
         thread.start()
