@@ -85,7 +85,7 @@ def export_overrides(export_config: dict[str, Any], profile: str) -> list[str]:
     return [f"{k}={_override_value(v)}" for k, v in _flatten(export_config, "export.").items() if defaults.get(k) != v]
 
 
-def _pct(x: float | None) -> str:
+def _figure(x: float | None) -> str:
     return "unknown" if x is None else f"{x:.3f}"
 
 
@@ -97,15 +97,15 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     if test:
         lines.append(
             f"- On {test['n']} held-out photos ({metrics.get('data', 'held-out rows')}): balanced accuracy "
-            f"{_pct(test.get('balanced_accuracy'))}, accuracy {_pct(test.get('accuracy'))}, ROC-AUC "
-            f"{_pct(test.get('roc_auc'))}, expected calibration error {_pct(test.get('ece'))}."
+            f"{_figure(test.get('balanced_accuracy'))}, accuracy {_figure(test.get('accuracy'))}, ROC-AUC "
+            f"{_figure(test.get('roc_auc'))}, expected calibration error {_figure(test.get('ece'))}."
         )
     oof = evaluation.get("oof")
     if oof:
         lines.append(
             f"- {evaluation['source']} ({oof.get('n', '?')} photos, each predicted by a model that never saw "
-            f"it): balanced accuracy {_pct(oof.get('balanced_accuracy'))}, ROC-AUC {_pct(oof.get('roc_auc'))}, "
-            f"calibration error after temperature scaling {_pct(oof.get('ece'))}. These are the figures of "
+            f"it): balanced accuracy {_figure(oof.get('balanced_accuracy'))}, ROC-AUC {_figure(oof.get('roc_auc'))}, "
+            f"calibration error after temperature scaling {_figure(oof.get('ece'))}. These are the figures of "
             "this recipe; the model itself trained on every photo, so no photo of the training set measures it."
         )
     if not lines:
