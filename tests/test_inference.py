@@ -179,10 +179,11 @@ def _set_gate(fp32: Path, **gate: object) -> None:
     ("precision", "gate", "expected", "why"),
     [
         ("auto", {"passed": True, "faster_than_fp32": True}, "int8", "passed its agreement gate"),
-        ("auto", {"passed": True, "faster_than_fp32": False}, "fp32", "did not pass"),
+        ("auto", {"passed": True, "faster_than_fp32": False}, "fp32", "not faster than fp32"),
         ("auto", {"passed": False, "faster_than_fp32": True}, "fp32", "did not pass"),
         ("fp32", {"passed": True, "faster_than_fp32": True}, "fp32", "fp32 requested"),
         ("int8", {"passed": True, "faster_than_fp32": True}, "int8", "int8 requested"),
+        ("int8", {"passed": True, "faster_than_fp32": False}, "int8", "int8 requested"),  # asked: the gate is enough
     ],
 )
 def test_precision_picks_the_int8_model_only_when_its_gate_allows(

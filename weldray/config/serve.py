@@ -50,7 +50,8 @@ class ServeConfig:
     # share the cores; spinning threads starve them and slow everything down.
     ort_spinning: bool = False
     # Which model of an export a replica runs: auto = the INT8 model on CPU when `weldray export --format int8`
-    # made one that passed its agreement gate and ran faster than fp32, else fp32; fp32 | int8 force one.
+    # made one that passed its agreement gate and ran faster than fp32, else fp32; fp32 forces fp32, int8 the INT8
+    # model (it must have passed the gate).
     precision: str = "auto"
     # Average with the horizontally flipped image (2x compute).
     tta: bool = False

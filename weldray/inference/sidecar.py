@@ -97,15 +97,20 @@ def int8_path(fp32_path: str) -> str:
 
 
 def int8_passed(sidecar: ModelSidecar) -> bool:
-    """The INT8 model passed the export's agreement gate on images it was not calibrated on, and ran faster
-    than its fp32 parent there (sidecars written before the gate's record existed do not count)."""
-    gate = sidecar.checks.get("gate", {})
-    return sidecar.precision == "int8" and bool(gate.get("passed")) and bool(gate.get("faster_than_fp32"))
+    """The INT8 model passed the export's agreement gate on images it was not calibrated on (sidecars written
+    before the gate's record existed do not count)."""
+    return sidecar.precision == "int8" and bool(sidecar.checks.get("gate", {}).get("passed"))
+
+
+def int8_faster(sidecar: ModelSidecar) -> bool:
+    """The INT8 model ran faster than its fp32 parent at export time (what ``auto`` also asks of it)."""
+    return bool(sidecar.checks.get("gate", {}).get("faster_than_fp32"))
 
 
 def choose_precision(model_path: str, precision: str, cpu: bool) -> tuple[str, str]:
     """The model file to load for ``precision`` (auto | fp32 | int8) and why: ``auto`` takes the export's
-    INT8 model on CPU when it passed its gate (:func:`int8_passed`), else the fp32 model. ``model_path``
+    INT8 model on CPU when it passed its gate (:func:`int8_passed`) and was faster (:func:`int8_faster`), else the
+    fp32 model; ``int8`` needs only the gate. ``model_path``
     may name either artefact of an export."""
     from weldray.io import exists
 
@@ -123,7 +128,8 @@ def choose_precision(model_path: str, precision: str, cpu: bool) -> tuple[str, s
     if given.precision == "int8":
         return model_path, "INT8 model as given"
     has_int8 = exists(int8) and exists(sidecar_path(int8))
-    passed = has_int8 and int8_passed(read_sidecar(int8))
+    int8_sidecar = read_sidecar(int8) if has_int8 else None
+    passed = int8_sidecar is not None and int8_passed(int8_sidecar)
     if precision == "int8":
         if not passed:
             raise FileNotFoundError(
@@ -133,6 +139,8 @@ def choose_precision(model_path: str, precision: str, cpu: bool) -> tuple[str, s
         return int8, "int8 requested"
     if not cpu:
         return fp32, "auto: fp32 on a GPU provider"
+    if passed and int8_faster(int8_sidecar):
+        return int8, "auto: the export's INT8 model passed its agreement gate and was faster than fp32"
     if passed:
-        return int8, "auto: the export's INT8 model passed its agreement gate"
+        return fp32, "auto: the INT8 model passed its gate but was not faster than fp32 at export"
     return fp32, "auto: " + ("the INT8 model did not pass its gate" if has_int8 else "no INT8 model exported")
