@@ -20,9 +20,11 @@ def pretrain(
     from weldray.config import load_config
     from weldray.pretrain import pretrain as run_pretrain
 
+    started = not ray.is_initialized()  # a Ray this command did not start (a caller's) stays up
     with exit_on_user_error():
         try:
             run_dir = run_pretrain(load_config([*(overrides or []), f"data.root={data}"]))
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
     print_result(run_dir)
