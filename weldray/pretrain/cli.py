@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_user_error, print_result
+from weldray.cli_utils import exit_on_user_error, own_ray, print_result
 
 
 def pretrain(
@@ -15,16 +15,10 @@ def pretrain(
 ) -> None:
     """Self-supervised DINO warm-up of the classifier's backbone on DATA with Ray Train; prints the run
     directory last (its backbone.safetensors is for `weldray train DATA model.weights=...`)."""
-    import ray
 
     from weldray.config import load_config
     from weldray.pretrain import pretrain as run_pretrain
 
-    started = not ray.is_initialized()  # a Ray this command did not start (a caller's) stays up
-    with exit_on_user_error():
-        try:
-            run_dir = run_pretrain(load_config([*(overrides or []), f"data.root={data}"]))
-        finally:
-            if started:
-                ray.shutdown()
+    with exit_on_user_error(), own_ray():
+        run_dir = run_pretrain(load_config([*(overrides or []), f"data.root={data}"]))
     print_result(run_dir)

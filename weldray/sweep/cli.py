@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_user_error, print_result
+from weldray.cli_utils import exit_on_user_error, own_ray, print_result
 
 
 def sweep(
@@ -18,18 +18,14 @@ def sweep(
 ) -> None:
     """Hyperparameter search over SPACE on Ray Tune (Optuna TPE, ASHA), then k-fold CV of the best trials against
     the default; prints the sweep folder (trials.parquet, best.yaml, report.md) last. The same name resumes."""
-    import ray
 
     from weldray.sweep import run_sweep
 
     # `weldray sweep smoke sweep.num_samples=2`: a key=value in the DATA position is an override.
     if data is not None and "=" in data:
         data, overrides = None, [data, *(overrides or [])]
-    with exit_on_user_error():
-        try:
-            sweep_dir = run_sweep(space, data, overrides or [])
-        finally:
-            ray.shutdown()
+    with exit_on_user_error(), own_ray():
+        sweep_dir = run_sweep(space, data, overrides or [])
     print_result(sweep_dir)
 
 

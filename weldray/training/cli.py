@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_user_error, print_result
+from weldray.cli_utils import exit_on_user_error, own_ray, print_result
 
 
 def train(
@@ -12,16 +12,12 @@ def train(
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
 ) -> None:
     """Train a classifier on DATA with Ray Train; prints the run directory last."""
-    import ray
 
     from weldray.config import load_config
     from weldray.training import train as run_train
 
-    with exit_on_user_error():
-        try:
-            run_dir = run_train(load_config([*(overrides or []), f"data.root={data}"]))
-        finally:
-            ray.shutdown()
+    with exit_on_user_error(), own_ray():
+        run_dir = run_train(load_config([*(overrides or []), f"data.root={data}"]))
     print_result(run_dir)
 
 
@@ -51,18 +47,15 @@ def cv(
 ) -> None:
     """K-fold group cross-validation: one `weldray train` run per fold, each fold held out once;
     prints per-fold and mean balanced accuracy, and the summary JSON path last."""
-    import ray
 
     from weldray.config import load_config
     from weldray.training import cross_validate
     from weldray.training.cv import export_fold_ensemble
 
     with exit_on_user_error():
-        try:
+        with own_ray():
             cfg = load_config([*(overrides or []), f"data.root={data}"])
             summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
-        finally:
-            ray.shutdown()
         result = export_fold_ensemble(cfg, summary) if ensemble else None
     for row in summary["folds"]:
         print(f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}")
