@@ -27,20 +27,6 @@ def exit_on_user_error() -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-@contextlib.contextmanager
-def own_ray() -> Iterator[None]:
-    """Shut Ray down after the block only if the block started it: a command run inside a program (a test, a
-    notebook) that already holds a Ray instance leaves that instance up."""
-    import ray
-
-    started = not ray.is_initialized()
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def print_result(path: str | Path) -> None:
     """The command's main result, as the last stdout line."""
     sys.stdout.flush()

@@ -78,6 +78,20 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def own_ray() -> Iterator[None]:
+    """Shut Ray down after the block only if the block started it: a command run inside a program (a test, a
+    notebook) that already holds a Ray instance leaves that instance up."""
+    import ray
+
+    started = not ray.is_initialized()
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig | None = None) -> None:
     """Join the cluster named by ``ray.address`` / ``$RAY_ADDRESS`` (as under ``ray job submit``),
     else start a private local instance.

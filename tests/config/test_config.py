@@ -66,6 +66,8 @@ def test_interpolation_follows_output_dir() -> None:
         ("synthetic.base_model=base synthetic.guidance_scale=-1", "synthetic.guidance_scale"),
         ("synthetic.scale_range=[1.5,0.5]", "synthetic.scale_range"),
         ("synthetic.min_teacher_confidence=1.5", "synthetic.min_teacher_confidence"),
+        ("synthetic.train_lora=true", "synthetic.train_lora"),  # copy_paste has no LoRA
+        ("synthetic.generator=sdxl_turbo synthetic.train_lora=true synthetic.lora_path=/l", "synthetic.train_lora"),
         ("synthetic.image_size=100", "synthetic.image_size"),
         ("data.labels_dir=a/b", "data.labels_dir"),
     ],

@@ -90,3 +90,49 @@ def test_training_refuses_synthetic_images_whose_lora_saw_a_held_out_photo(
     leaked = {**fine, "lora": {"path": "/loras/all", "train_ids": [*fine["lora"]["train_ids"], held_out.iloc[0]]}}
     with pytest.raises(LineageError, match=r"LoRA /loras/all was trained on 1 photos this training holds out"):
         check_lineage(records, leaked, train, "syn/_synthetic")
+
+
+@pytest.mark.ray
+def test_generate_trains_one_lora_per_fold_on_that_folds_rows(
+    manifest: tuple[Path, pd.DataFrame], tiny_sdxl: TinySdxl, tmp_path: Path, ray_local: None  # noqa: F811
+) -> None:
+    """synthetic.train_lora: the pipeline's generate stage gets a LoRA per training, each from its own rows."""
+    from weldray.synthetic.diffusion import LORA_WEIGHT_NAME
+    from weldray.synthetic.job import generate
+    from weldray.synthetic.lineage import synthetic_rows
+    from weldray.synthetic.lora import lora_source_ids
+
+    path, rows = manifest
+    out = tmp_path / "generate"  # the pipeline's layout: one <scope>/ folder per training
+
+    def fold_cfg(fold: int):  # type: ignore[no-untyped-def]
+        return load_config([
+            "profile=quick_test", f"output_dir={tmp_path / 'out'}", "data.n_folds=2", f"training.cv_fold={fold}",
+            "synthetic.generator=sdxl_turbo", f"synthetic.sdxl_model={tiny_sdxl.sdxl_dir}",
+            f"synthetic.controlnet_model={tiny_sdxl.controlnet_dir}", "synthetic.image_size=64",
+            "synthetic.train_lora=true", "synthetic.lora_rank=4", "synthetic.lora_steps=2", "synthetic.n_per_class=1",
+            "synthetic.concurrency=1", "synthetic.min_teacher_confidence=0", f"training.synthetic_data={out}",
+            "training.mix_real_ratio=0.5",
+        ])
+
+    for fold in (0, 1):
+        report = generate(str(path), str(out / f"fold{fold}"), fold_cfg(fold), progress=False)
+        train_ids = sorted(split_rows(rows, fold).train["relpath"])
+        assert lora_source_ids(out / f"fold{fold}" / "_synthetic" / "lora") == train_ids
+        assert report.summary["lora"] == {"path": str(out / f"fold{fold}" / "_synthetic" / "lora"),
+                                          "train_ids": train_ids}
+        assert report.summary["n_generated"] == 2
+        # The fold's training takes its set: sources and LoRA lie inside its train rows.
+        assert len(synthetic_rows(fold_cfg(fold), split_rows(rows, fold).train)) == 2
+
+    # Fold 0's set (sources and LoRA from fold 0's train rows = fold 1's held-out photos) cannot train fold 1.
+    with pytest.raises(LineageError):
+        check_lineage(pd.read_parquet(out / "fold0" / "_synthetic" / "records.parquet"),
+                      json.loads((out / "fold0" / "_synthetic" / "summary.json").read_text()),
+                      split_rows(rows, 1).train, "fold0")
+
+    # Re-running resumes: the LoRA of the same settings and rows is kept, no image is made again.
+    weights = out / "fold0" / "_synthetic" / "lora" / LORA_WEIGHT_NAME
+    before = weights.stat().st_mtime_ns
+    again = generate(str(path), str(out / "fold0"), fold_cfg(0), progress=False)
+    assert weights.stat().st_mtime_ns == before and again.summary["n_resumed"] == 2

@@ -58,6 +58,10 @@ class SyntheticConfig:
     # LoRA weights (diffusers format) written by `weldray train-lora`; None = the base model alone. Its
     # train_log.json must name the photos it saw, all among the generate run's source rows (lineage).
     lora_path: Optional[str] = None
+    # Fine-tune the LoRA inside the generate job, on exactly its own source rows (OUTPUT/_synthetic/lora/): the
+    # pipeline's generate stage then gets one LoRA per training it feeds (each CV fold, the final fit), which no
+    # single lora_path can serve without leaking a held-out fold. sdxl_turbo only; instead of lora_path.
+    train_lora: bool = False
     lora_rank: int = 8
     lora_lr: float = 1e-4
     lora_steps: int = 500
@@ -105,6 +109,15 @@ class SyntheticConfig:
         check_choice("synthetic.base_model", self.base_model, BASE_MODELS)
         if self.lora_path is not None and not self.lora_path:
             raise ConfigError("synthetic.lora_path", "must be null or a path")
+        if self.train_lora and self.generator != "sdxl_turbo":
+            raise ConfigError(
+                "synthetic.train_lora", f"needs generator=sdxl_turbo (a LoRA of SDXL), not {self.generator}"
+            )
+        if self.train_lora and self.lora_path is not None:
+            raise ConfigError(
+                "synthetic.train_lora",
+                f"trains the job's own LoRA; it cannot also use synthetic.lora_path={self.lora_path} (set one)",
+            )
         check_positive("synthetic.lora_rank", self.lora_rank)
         check_positive("synthetic.lora_lr", self.lora_lr)
         check_positive("synthetic.lora_steps", self.lora_steps)

@@ -144,28 +144,36 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     (with the reason) when the generator cannot work on these sources."""
     import ray
 
-    from weldray.ray_utils import collect_rows, init_ray
+    from weldray.ray_utils import collect_rows, init_ray, own_ray
 
     syn, endpoint = cfg.synthetic, cfg.data.s3_endpoint_url
     if syn.generator == "none":
         raise GeneratorUnavailable("synthetic.generator=none: choose copy_paste or sdxl_turbo")
+    if syn.train_lora and wio.is_s3(output):
+        raise ValueError(f"synthetic.train_lora writes the LoRA into OUTPUT/{META_DIR}/lora: OUTPUT must be a folder "
+                         f"(local or shared by the cluster's nodes), not {output}")
     rows, description, manifest_path = source_rows(input_uri, cfg)
     gen_cls = generator_class(syn.generator)
     gen_cls.preflight(cfg)
-    lora = lora_lineage(cfg, rows)
-    tasks = gen_cls.plan(cfg, rows)
+    # A given LoRA that saw a held-out photo is refused here, before Ray starts; an own one is made from rows.
+    lora = None if syn.train_lora else lora_lineage(cfg, rows)
     prev = load_previous(output, endpoint)
-    done = set() if prev is None else set(zip(prev["source"], prev["seed"].astype(int), strict=True))
-    todo = [t for t in tasks if (t.source, t.seed) not in done]
-    log.info("generate %s: %d tasks from %d source rows (%s), %d resumed", syn.generator, len(tasks), len(rows),
-             description, len(tasks) - len(todo))
-
     new_rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
-    if todo:
-        started = not ray.is_initialized()
-        init_ray(cfg.ray, job_name="generate")
-        try:
+    with own_ray():
+        if syn.train_lora:
+            cfg, retrained = own_lora(cfg, rows, output)
+            if retrained and prev is not None and not prev.empty:
+                log.warning("generate: the LoRA was trained again, so all %d earlier images are made again", len(prev))
+                prev = None
+            lora = lora_lineage(cfg, rows)
+        tasks = gen_cls.plan(cfg, rows)
+        done = set() if prev is None else set(zip(prev["source"], prev["seed"].astype(int), strict=True))
+        todo = [t for t in tasks if (t.source, t.seed) not in done]
+        log.info("generate %s: %d tasks from %d source rows (%s), %d resumed", syn.generator, len(tasks), len(rows),
+                 description, len(tasks) - len(todo))
+        if todo:
+            init_ray(cfg.ray, job_name="generate")
             ray.data.DataContext.get_current().enable_progress_bars = False
             ds = ray.data.from_items([{"label": t.label, "source": t.source, "seed": t.seed} for t in todo],
                                      override_num_blocks=max(1, min(len(todo), 4 * syn.concurrency)))
@@ -180,9 +188,6 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
             new_rows = collect_rows(
                 ds, "generate", len(todo), lambda row: f"{row['status']:6s} {row['name']}", progress=progress
             )
-        finally:
-            if started:
-                ray.shutdown()
     wall = time.perf_counter() - t0
     new = pd.DataFrame(new_rows, columns=RECORD_COLUMNS).assign(resumed=False)
     keep = {(t.source, t.seed) for t in tasks}
@@ -194,6 +199,30 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     summary = _summary(records, cfg, rows, description, manifest_path, n_tasks=len(tasks), n_new=len(todo),
                        wall_s=wall, lora=lora)
     return _write(records, summary, output, cfg)
+
+
+def own_lora(cfg: WeldrayConfig, rows: pd.DataFrame, output: str) -> tuple[WeldrayConfig, bool]:
+    """``synthetic.train_lora``: the config generating with a LoRA fine-tuned on exactly ``rows`` (the job's
+    sources) in ``OUTPUT/_synthetic/lora/``, and whether it was trained now (False: a resumed job's LoRA of the
+    same settings and rows is kept). Trained in a Ray task that gets a GPU when the actors do
+    (``synthetic.num_gpus_per_actor`` > 0): on a cluster the driver's node may have none."""
+    import ray
+
+    from weldray.ray_utils import init_ray
+    from weldray.synthetic.lora import lora_matches, train_lora_on_rows
+
+    syn = cfg.synthetic
+    lora_dir = str(PurePosixPath(output) / META_DIR / "lora")
+    trained = not lora_matches(lora_dir, syn, rows["relpath"].tolist())
+    if trained:
+        log.info("generate: fine-tuning a LoRA (rank %d, %d steps) on the %d source rows into %s",
+                 syn.lora_rank, syn.lora_steps, len(rows), lora_dir)
+        init_ray(cfg.ray, job_name="generate")
+        task = ray.remote(train_lora_on_rows).options(
+            name="train_lora", num_cpus=1, num_gpus=1 if syn.num_gpus_per_actor > 0 else 0, max_retries=0
+        )
+        ray.get(task.remote(rows, lora_dir, cfg))
+    return replace(cfg, synthetic=replace(syn, train_lora=False, lora_path=lora_dir)), trained
 
 
 def apply_gate(records: pd.DataFrame, rows: pd.DataFrame, cfg: WeldrayConfig, output: str) -> pd.DataFrame:

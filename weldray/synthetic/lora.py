@@ -27,6 +27,7 @@ from weldray.synthetic.diffusion import (
 )
 
 if TYPE_CHECKING:
+    import pandas as pd
     import torch
     from PIL.Image import Image
 
@@ -288,7 +289,17 @@ def lora_source_ids(lora_path: str | Path) -> list[str] | None:
 
 def train_lora_on_dataset(input_uri: str, out_dir: str | Path, cfg: WeldrayConfig, device: str = "auto") -> Path:
     """``weldray train-lora``: a LoRA on the train rows of this config (``training.cv_fold`` / ``holdout``, the
-    rows ``weldray generate`` may use as sources), each photo's relpath recorded as its source id.
+    rows ``weldray generate`` may use as sources)."""
+    from weldray.synthetic.job import source_rows
+
+    check_weights(cfg.synthetic, generation=False)  # before reading any photo
+    rows, description, _ = source_rows(input_uri, cfg)
+    logger.info("LoRA on the train rows of %s", description)
+    return train_lora_on_rows(rows, out_dir, cfg, device)
+
+
+def train_lora_on_rows(rows: pd.DataFrame, out_dir: str | Path, cfg: WeldrayConfig, device: str = "auto") -> Path:
+    """A LoRA on the photos of manifest ``rows``, each photo's relpath recorded as its source id.
 
     Photos are shrunk to a short side of ``synthetic.image_size`` as they are read (hundreds of full-size photos
     need not sit in memory); photos broken since ingest are logged and skipped.
@@ -296,10 +307,7 @@ def train_lora_on_dataset(input_uri: str, out_dir: str | Path, cfg: WeldrayConfi
     import PIL.Image
 
     from weldray.preprocessing import load_image
-    from weldray.synthetic.job import source_rows
 
-    check_weights(cfg.synthetic, generation=False)  # before reading any photo
-    rows, description, _ = source_rows(input_uri, cfg)
     size = cfg.synthetic.image_size
     images, labels, ids = [], [], []
     for row in rows.itertuples():
@@ -314,5 +322,18 @@ def train_lora_on_dataset(input_uri: str, out_dir: str | Path, cfg: WeldrayConfi
         images.append(image)
         labels.append(row.label)
         ids.append(row.relpath)
-    logger.info("LoRA on %d of %d train photos (%s)", len(images), len(rows), description)
+    logger.info("LoRA on %d of %d photos", len(images), len(rows))
     return train_lora(images, labels, cfg.synthetic, out_dir, device, source_ids=ids)
+
+
+def lora_matches(lora_dir: str | Path, cfg: SyntheticConfig, source_ids: list[str]) -> bool:
+    """Whether ``lora_dir`` holds a LoRA :func:`train_lora` made with these settings from exactly these photos
+    (a resumed generate job keeps it instead of training again)."""
+    path = Path(lora_dir)
+    if not (path / LORA_WEIGHT_NAME).is_file() or not (path / TRAIN_LOG_NAME).is_file():
+        return False
+    log = json.loads((path / TRAIN_LOG_NAME).read_text())
+    wanted = {"sdxl_model": cfg.sdxl_model, "base_model": cfg.base_model, "rank": cfg.lora_rank, "lr": cfg.lora_lr,
+              "steps": cfg.lora_steps, "image_size": cfg.image_size, "seed": cfg.seed,
+              "source_ids": sorted(source_ids)}
+    return all(log.get(k) == v for k, v in wanted.items())

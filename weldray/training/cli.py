@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from weldray.cli_utils import exit_on_user_error, own_ray, print_result
+from weldray.cli_utils import exit_on_user_error, print_result
+from weldray.ray_utils import own_ray
 
 
 def train(
