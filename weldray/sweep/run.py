@@ -22,8 +22,10 @@ TUNE_DIR = "tune"
 TRIAL_MEMORY = 512 * 1024**2
 
 
-def sweep_dir_for(study: Study) -> Path:
-    return Path(load_config(study.overrides).output_dir).resolve() / "sweeps" / study.name
+def sweep_dir_for(study: Study, root: Path | None = None) -> Path:
+    """``<root>/<name>``; ``root`` defaults to ``<output_dir>/sweeps``."""
+    root = root if root is not None else Path(load_config(study.overrides).output_dir) / "sweeps"
+    return root.resolve() / study.name
 
 
 def trial_name(trial: Any) -> str:
