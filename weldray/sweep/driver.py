@@ -59,6 +59,7 @@ def run_sweep(
     from weldray.sweep.confirm import candidate_overrides, compare, cross_validate_candidates
     from weldray.sweep.results import optuna_study, plots, ranked, trials_table, write_best, write_report
     from weldray.sweep.run import check_same_study, run_search, study_record, sweep_dir_for
+    from weldray.sweep.tracking import tracker_callbacks
     from weldray.training.trainer import initial_model
 
     t0 = time.perf_counter()
@@ -74,8 +75,9 @@ def run_sweep(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "study.json").write_text(json.dumps(record, indent=2))
 
+    callbacks = tracker_callbacks(study, sweep_dir)
     init_ray(base.ray, job_name="sweep")
-    grid = run_search(study, data_root, sweep_dir)
+    grid = run_search(study, data_root, sweep_dir, callbacks)
     table = trials_table(grid, study, sweep_dir, base.training.epochs)
     table.to_parquet(sweep_dir / "trials.parquet", index=False)
     table.to_csv(sweep_dir / "trials.csv", index=False)
