@@ -162,7 +162,7 @@ def test_sweep_stage_runs_the_space_on_the_ingested_data_and_train_takes_best_ya
     monkeypatch.setattr("weldray.sweep.driver.run_sweep", search_free_sweep)
     data = write_dataset(tmp_path / "ds", 10)
     overrides = _overrides(tmp_path, data, "pipeline.stages=[ingest,sweep]", "pipeline.sweep_space=smoke",
-                           "pipeline.sweep_overrides=['sweep.num_samples=3']", "training.epochs=3")
+                           "pipeline.sweep_overrides=['sweep.num_samples=2']", "training.epochs=3")
     run_dir = run_pipeline(overrides)
     doc = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     swept, manifest = doc["sweep"], doc["ingest"]["outputs"]["manifest"]
@@ -172,7 +172,7 @@ def test_sweep_stage_runs_the_space_on_the_ingested_data_and_train_takes_best_ya
     assert call["root"] == run_dir / "sweeps" and Path(swept["outputs"]["sweep_dir"]).parent == run_dir / "sweeps"
     # The sweep's settings, then the trials' fixed overrides: this command's, less its data, folders and
     # pipeline keys (the sweep sets those itself).
-    assert call["overrides"][:2] == [f"sweep.name={Path(swept['outputs']['sweep_dir']).name}", "sweep.num_samples=3"]
+    assert call["overrides"][:2] == [f"sweep.name={Path(swept['outputs']['sweep_dir']).name}", "sweep.num_samples=2"]
     assert "training.epochs=3" in call["overrides"] and "data.n_folds=2" in call["overrides"]
     assert not [o for o in call["overrides"] if o.startswith(("data.root", "output_dir", "pipeline."))]
 
