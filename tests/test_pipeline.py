@@ -41,6 +41,8 @@ def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
     assert "text_removal.enabled=false" in doc["stages"]["clean"]["note"]
     assert doc["stages"]["pretrain"]["status"] == "skipped"  # the DINO warm-up is off by default
     assert doc["stages"]["pretrain"]["note"] == "pipeline.pretrain=false"
+    assert doc["stages"]["sweep"]["status"] == "skipped"  # the sweep stage too, until given a space
+    assert doc["stages"]["sweep"]["note"] == "pipeline.sweep_space=null"
     ingest = doc["stages"]["ingest"]
     assert ingest["status"] == "done" and ingest["metrics"]["n_images"] == 20
     assert Path(ingest["outputs"]["manifest"]).is_file()

@@ -52,3 +52,21 @@ def test_a_trial_trains_a_run_named_after_it_with_its_values_as_dashboard_labels
     assert trained["cfg"].training.lr == 0.002 and trained["cfg"].model.margin == 0.4
     assert trained["run_labels"] == {"sweep": "smoke", "trial": "trial-ab12", **params}
     assert trained["callbacks"] == ["to Tune"]
+
+
+def test_turning_a_tracker_on_is_a_change_of_the_sweep_but_records_without_trackers_still_match(
+    tmp_path: Path,
+) -> None:
+    """A continued Tuner keeps the callbacks it started with, so a tracker switched on under the same name is
+    refused; a sweep recorded before the trackers existed continues unchanged."""
+    import json
+
+    from weldray.config import ConfigError
+    from weldray.sweep.run import check_same_study, study_record
+
+    plain = study_record(load_space("smoke"), "/data")
+    assert "mlflow" not in plain["sweep"] and "wandb" not in plain["sweep"]  # what older study.json files hold
+    (tmp_path / "study.json").write_text(json.dumps(plain))
+    check_same_study(tmp_path, study_record(load_space("smoke"), "/data"))
+    with pytest.raises(ConfigError, match="sweep.name: .* other sweep"):
+        check_same_study(tmp_path, study_record(load_space("smoke", ["sweep.mlflow.enabled=true"]), "/data"))

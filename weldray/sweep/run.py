@@ -128,11 +128,15 @@ def _scheduler(study: Study) -> Any:
 def study_record(study: Study, data_root: str) -> dict[str, Any]:
     """What makes two runs of ``weldray sweep`` the same sweep (the name alone resumes it). The trackers count:
     a continued Tuner keeps the callbacks it started with."""
+    sweep = {k: v for k, v in asdict(study.sweep).items() if k not in ("top_k", "confirm_folds")}
+    for tracker in ("wandb", "mlflow"):  # only when on: sweeps recorded before the trackers existed continue
+        if not sweep[tracker]["enabled"]:
+            del sweep[tracker]
     return {
         "space_file": study.path.name,
         "space": {k: asdict(d) for k, d in study.space.items()},
         "overrides": study.overrides,
-        "sweep": {k: v for k, v in asdict(study.sweep).items() if k not in ("top_k", "confirm_folds")},
+        "sweep": sweep,
         "data_root": data_root,
     }
 
