@@ -9,14 +9,16 @@ import pandas as pd
 import pytest
 
 from tests.data.helpers import write_dataset
+from weldray.config import ConfigError, load_config
 from weldray.config.pipeline import STAGES
 from weldray.pipeline import PIPELINE, StageError, run_pipeline, split_args
 
 
 def test_stage_order_is_the_documented_one() -> None:
     assert tuple(s.name for s in PIPELINE) == STAGES == (
-        "clean", "ingest", "generate", "pretrain", "train", "evaluate", "export"
+        "clean", "ingest", "generate", "pretrain", "sweep", "train", "evaluate", "export"
     )
+    assert load_config().pipeline.stages == [s for s in STAGES if s != "sweep"]  # the sweep is off by default
 
 
 def test_split_args_turns_data_into_an_override() -> None:
@@ -39,6 +41,8 @@ def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
     assert "text_removal.enabled=false" in doc["stages"]["clean"]["note"]
     assert doc["stages"]["pretrain"]["status"] == "skipped"  # the DINO warm-up is off by default
     assert doc["stages"]["pretrain"]["note"] == "pipeline.pretrain=false"
+    assert doc["stages"]["sweep"]["status"] == "skipped"  # the sweep stage too, until given a space
+    assert doc["stages"]["sweep"]["note"] == "pipeline.sweep_space=null"
     ingest = doc["stages"]["ingest"]
     assert ingest["status"] == "done" and ingest["metrics"]["n_images"] == 20
     assert Path(ingest["outputs"]["manifest"]).is_file()
@@ -60,7 +64,6 @@ def test_records_stages_and_skips_what_is_up_to_date(tmp_path: Path) -> None:
 
 
 def test_pretrain_stage_feeds_its_weights_to_train_and_takes_the_synthetic_images(tmp_path: Path) -> None:
-    from weldray.config import load_config
     from weldray.pipeline import PipelineRun, StageRecord, _pretrain_config, _stage_key, _train_config
 
     def run_for(*overrides: str) -> PipelineRun:
@@ -131,3 +134,121 @@ def test_generate_stage_makes_one_set_per_training_and_is_cached(tmp_path: Path)
                          "training.synthetic_data=elsewhere"])
     stage = json.loads((none / "pipeline.json").read_text())["stages"]["generate"]
     assert stage["status"] == "skipped" and stage["note"] == "synthetic.generator=none"
+
+
+def test_sweep_stage_runs_the_space_on_the_ingested_data_and_train_takes_best_yaml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wiring, with only the search replaced: the stage validates the space with this command's overrides,
+    writes best.yaml as a sweep does (the space's fixed overrides, this command's, then the chosen values), is
+    cached like the other stages, and the train stage's config takes best.yaml's overrides."""
+    import yaml
+
+    from weldray.pipeline import _load_records, _train_config
+    from weldray.sweep.results import write_best
+    from weldray.sweep.run import sweep_dir_for
+    from weldray.sweep.space import load_space
+
+    calls = []
+
+    def search_free_sweep(space: str, data: str, overrides: list[str], *, root: Path) -> Path:
+        calls.append({"space": space, "data": data, "overrides": list(overrides), "root": root})
+        study = load_space(space, overrides)
+        sweep_dir = sweep_dir_for(study, root)
+        sweep_dir.mkdir(parents=True)
+        chosen = study.trial_overrides({"training.lr": 0.00123, "model.margin": 0.33})
+        write_best(sweep_dir, study, {"sweep": study.name, "chosen": "trial-abc", "reason": "test",
+                                      "overrides": chosen, "data": data})
+        return sweep_dir
+
+    monkeypatch.setattr("weldray.sweep.driver.run_sweep", search_free_sweep)
+    data = write_dataset(tmp_path / "ds", 10)
+    overrides = _overrides(tmp_path, data, "pipeline.stages=[ingest,sweep]", "pipeline.sweep_space=smoke",
+                           "pipeline.sweep_overrides=['sweep.num_samples=2']", "training.epochs=3")
+    run_dir = run_pipeline(overrides)
+    doc = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    swept, manifest = doc["sweep"], doc["ingest"]["outputs"]["manifest"]
+    assert swept["status"] == "done" and swept["metrics"]["chosen"] == "trial-abc"
+    [call] = calls
+    assert Path(call["space"]).name == "smoke.yaml" and call["data"] == manifest
+    assert call["root"] == run_dir / "sweeps" and Path(swept["outputs"]["sweep_dir"]).parent == run_dir / "sweeps"
+    # The sweep's settings, then the trials' fixed overrides: this command's, less its data, folders and
+    # pipeline keys (the sweep sets those itself).
+    assert call["overrides"][:2] == [f"sweep.name={Path(swept['outputs']['sweep_dir']).name}", "sweep.num_samples=2"]
+    assert "training.epochs=3" in call["overrides"] and "data.n_folds=2" in call["overrides"]
+    assert not [o for o in call["overrides"] if o.startswith(("data.root", "output_dir", "pipeline."))]
+
+    # Unchanged inputs: the stage is up to date, not swept again; a changed recipe sweeps again.
+    run_pipeline(overrides)
+    assert len(calls) == 1
+    assert json.loads((run_dir / "pipeline.json").read_text())["stages"]["sweep"]["started"] == swept["started"]
+
+    # The train stage's config: best.yaml's overrides over this command's (which best.yaml holds too).
+    best = yaml.safe_load(Path(swept["outputs"]["best"]).read_text())
+    assert best["overrides"][-2:] == ["training.lr=0.00123", "model.margin=0.33"]
+    from weldray.pipeline import PipelineRun
+
+    run = PipelineRun(overrides, load_config(overrides), run_dir, records=_load_records(run_dir))
+    train = _train_config(run)
+    assert (train.training.lr, train.model.margin) == (0.00123, 0.33)
+    assert train.profile == "quick_test" and train.training.epochs == 3  # the space's fixed, then the user's
+    assert train.data.root == manifest and train.output_dir == str(run_dir)
+
+    run_pipeline([*overrides, "training.epochs=2"])
+    assert len(calls) == 2 and calls[1]["overrides"][0] != calls[0]["overrides"][0]  # a new sweep folder
+
+
+def test_sweep_stage_space_is_validated_before_any_stage_runs(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "ds", 10)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("space:\n  training.no_such_key: {type: float, low: 0.1, high: 0.2}\n")
+    cases = {
+        "missing": ("pipeline.sweep_space=no_such_space", "no_such_space.*not found"),
+        "invalid": (f"pipeline.sweep_space={bad}", "training.no_such_key: unknown config key"),
+        # smoke searches training.lr: this command cannot also fix it.
+        "conflict": ("pipeline.sweep_space=smoke", "training.lr: searched by this space and also fixed"),
+    }
+    for name, (space, reason) in cases.items():
+        extra = ["training.lr=0.01"] if name == "conflict" else []
+        with pytest.raises(ConfigError, match=rf"^pipeline.sweep_space: .*{reason}"):
+            run_pipeline(_overrides(tmp_path, data, "pipeline.stages=[ingest,sweep,train]", space, *extra))
+        run_dir = tmp_path / "out" / "pipelines" / "ds-cpu"
+        assert not (run_dir / "pipeline.json").exists() and not (run_dir / "dataset").exists(), name
+    with pytest.raises(ConfigError, match="^pipeline.sweep_space: the sweep stage needs a space file"):
+        load_config(["pipeline.stages=[ingest,sweep,train]"])
+    with pytest.raises(ConfigError, match="^pipeline.sweep_overrides: .*'training.lr=0.1'"):
+        load_config(["pipeline.sweep_overrides=['training.lr=0.1']"])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(1800)
+def test_pipeline_with_the_smoke_sweep_trains_the_chosen_configuration(procedural_dir: Path, tmp_path: Path) -> None:
+    """The real thing: smoke.yaml's search and confirmation on the ingested procedural photos, then train with
+    best.yaml's recipe; a re-run has nothing to do."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from weldray.config import WeldrayConfig
+    from weldray.training.cv import recipe_fingerprint
+
+    overrides = [f"data.root={procedural_dir}", f"output_dir={tmp_path}", "text_removal.enabled=false",
+                 "pipeline.stages=[clean,ingest,sweep,train]", "pipeline.sweep_space=smoke", "training.holdout=true"]
+    run_dir = run_pipeline(overrides)
+    stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert stages["sweep"]["status"] == stages["train"]["status"] == "done"
+    sweep_dir = Path(stages["sweep"]["outputs"]["sweep_dir"])
+    assert sweep_dir.parent == run_dir / "sweeps" and (sweep_dir / "trials.parquet").is_file()
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    assert best["data"] == stages["ingest"]["outputs"]["manifest"]
+    chosen = load_config([*best["overrides"], f"data.root={best['data']}"])
+    config_yaml = Path(stages["train"]["outputs"]["run_dir"]) / "config.yaml"
+    written = OmegaConf.create(yaml.safe_load(config_yaml.read_text()))
+    trained = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(WeldrayConfig), written))
+    assert recipe_fingerprint(trained) == recipe_fingerprint(chosen)  # what train ran is what best.yaml says
+    assert trained.profile == "quick_test"  # smoke.yaml's fixed overrides reached the train stage
+
+    run_pipeline(overrides)
+    again = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert again["sweep"]["started"] == stages["sweep"]["started"]
+    assert again["train"]["started"] == stages["train"]["started"]

@@ -1,4 +1,4 @@
-"""The end-to-end pipeline: clean -> ingest -> generate -> [pretrain] -> train -> evaluate -> export.
+"""The end-to-end pipeline: clean -> ingest -> generate -> [pretrain] -> [sweep] -> train -> evaluate -> export.
 
 Each stage's inputs, outputs, metrics and timing are recorded in ``RUN_DIR/pipeline.json``.
 A stage whose input key (its config slice plus the keys of the stages before it) is unchanged
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from weldray import io
-from weldray.config import WeldrayConfig, load_config
+from weldray.config import ConfigError, WeldrayConfig, load_config
 from weldray.config.pipeline import STAGES
 
 log = logging.getLogger(__name__)
@@ -243,17 +243,107 @@ def _pretrain(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
     return {"run_dir": str(run_dir), "backbone": str(run_dir / WEIGHTS_FILE)}, _scalars(metrics)
 
 
+# --- sweep -------------------------------------------------------------------------------------------
+
+#: The user's overrides a sweep does not take: its data and folder are the stage's, pipeline.* are not trial
+#: settings, and the keys the sweep sets itself (weldray.sweep.space.RESERVED) would be refused.
+_NOT_SWEPT = ("data.root", "output_dir", "pipeline.", "training.run_name", "training.cv_fold", "training.holdout")
+
+
+def _sweep_skip(run: PipelineRun) -> str | None:
+    return None if run.cfg.pipeline.sweep_space else "pipeline.sweep_space=null"
+
+
+def _sweep_space(run: PipelineRun) -> Path:
+    from weldray.sweep.space import resolve_space
+
+    try:
+        return resolve_space(str(run.cfg.pipeline.sweep_space))
+    except FileNotFoundError as exc:
+        raise ConfigError("pipeline.sweep_space", str(exc)) from None
+
+
+def _sweep_key(run: PipelineRun) -> dict[str, Any]:
+    """The space file's text, the sweep's settings and the recipe the trials start from; a constant while
+    the stage is off, so that turning it off or on re-runs train."""
+    if not run.cfg.pipeline.sweep_space:
+        return {"sweep": None}
+    return {"space": _sweep_space(run).read_text(), "sweep_overrides": run.cfg.pipeline.sweep_overrides,
+            **_slice(run.cfg, "model", "training", "seed")}
+
+
+def _sweep_overrides(run: PipelineRun, *extra: str) -> list[str]:
+    """The sweep's settings, then the trials' fixed overrides: this command's own (the trials tune the recipe
+    train will use) and ``extra`` (what the train stage adds: the warm-up's weights)."""
+    fixed = [o for o in run.overrides if not o.lstrip("+~").startswith(_NOT_SWEPT)]
+    return [*run.cfg.pipeline.sweep_overrides, *fixed, *extra]
+
+
+def _sweep_preflight(run: PipelineRun) -> None:
+    """The space validates with this command's overrides, as ``weldray sweep`` checks it, before any stage."""
+    from weldray.sweep.space import load_space
+
+    if _generate_skip(run) is None:
+        raise ConfigError(
+            "pipeline.sweep_space",
+            "the sweep stage does not take the generate stage's synthetic images (its trials and confirmation "
+            "folds train on other rows than the sets generate makes): set training.mix_real_ratio=1.0",
+        )
+    try:
+        load_space(_sweep_space(run), _sweep_overrides(run))
+    except ConfigError as exc:
+        raise ConfigError("pipeline.sweep_space", str(exc)) from None
+
+
+def _sweep(run: PipelineRun) -> tuple[dict[str, str], dict[str, Any]]:
+    """``weldray sweep`` of the space on the ingested data (under ``RUN_DIR/sweeps/``); train then takes the
+    overrides of its ``best.yaml`` (the space's default when no candidate beat it). The sweep is named after
+    its inputs, so a re-run after a failure continues it and changed inputs start a new one."""
+    from weldray.sweep.driver import run_sweep
+    from weldray.sweep.results import read_best
+
+    manifest = run.output("ingest", "manifest")
+    space = _sweep_space(run)
+    overrides = _sweep_overrides(run, *_warm_start(run))
+    digest = hashlib.sha256(
+        json.dumps([space.read_text(), overrides, run.output("ingest", "manifest_sha256")]).encode()
+    ).hexdigest()[:8]
+    sweep_dir = run_sweep(str(space), manifest, [f"sweep.name={space.stem}-{digest}", *overrides],
+                          root=run.run_dir / "sweeps")
+    best = read_best(sweep_dir)
+    metrics = {"chosen": best["chosen"], "reason": best["reason"], **_scalars(best.get("cv", {}), "cv.")}
+    return {"sweep_dir": str(sweep_dir), "best": str(sweep_dir / "best.yaml")}, metrics
+
+
+def _best_overrides(run: PipelineRun) -> list[str]:
+    """The sweep stage's chosen overrides, when it ran."""
+    from weldray.sweep.results import read_best
+
+    swept = run.records.get("sweep")
+    if swept is None or swept.status != "done":
+        return []
+    return list(read_best(swept.outputs["sweep_dir"])["overrides"])
+
+
 # --- train / evaluate / export -----------------------------------------------------------------------
 
+def _warm_start(run: PipelineRun) -> list[str]:
+    """The pretrain stage's backbone, when it ran."""
+    warmed = run.records.get("pretrain")
+    if warmed is None or warmed.status != "done":
+        return []
+    return ["model.pretrained=true", f"model.weights={warmed.outputs['backbone']}"]
+
+
 def _train_config(run: PipelineRun) -> WeldrayConfig:
+    """This command's config on the ingested data, with the generate stage's images, the warm-up's weights and,
+    last, the sweep's chosen overrides (which hold this command's own, so the user's settings still apply)."""
     extra = [f"output_dir={run.run_dir}"]
     generated = run.records.get("generate")
     if generated is not None and generated.status == "done":
         extra.append(f"training.synthetic_data={generated.outputs['synthetic_data']}")
-    warmed = run.records.get("pretrain")
-    if warmed is not None and warmed.status == "done":
-        extra += ["model.pretrained=true", f"model.weights={warmed.outputs['backbone']}"]
-    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", *extra)
+    extra += _warm_start(run)
+    return run.stage_config(f"data.root={run.output('ingest', 'manifest')}", *extra, *_best_overrides(run))
 
 
 def _train_preflight(run: PipelineRun) -> None:
@@ -331,6 +421,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("generate", lambda r: {**_slice(r.cfg, "synthetic", "model", "seed"), "cv_folds": r.cfg.pipeline.cv_folds,
                                  "holdout": r.cfg.training.holdout}, _generate, _generate_skip, _generate_preflight),
     Stage("pretrain", _pretrain_key, _pretrain, _pretrain_skip, _pretrain_preflight),
+    Stage("sweep", _sweep_key, _sweep, _sweep_skip, _sweep_preflight),
     Stage("train", lambda r: {**_slice(r.cfg, "model", "training", "seed"), "cv_folds": r.cfg.pipeline.cv_folds},
           _train, preflight=_train_preflight),
     Stage("evaluate", lambda r: {"tta": r.cfg.training.tta}, _evaluate),
@@ -405,7 +496,7 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
                 run.save()
                 raise StageError(
                     f"stage {stage.name!r} failed: {exc}\nfix the cause and re-run it alone with "
-                    f"pipeline.stages=[{','.join(STAGES[STAGES.index(stage.name):])}] (run dir {run_dir})"
+                    f"pipeline.stages=[{','.join(_rerun_stages(stage.name, cfg))}] (run dir {run_dir})"
                 ) from exc
             run.records[stage.name] = StageRecord(
                 stage.name, "done", key=key, outputs=outputs, metrics=metrics, started=started,
@@ -415,6 +506,11 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
         upstream.append(run.records[stage.name].key)
         run.save()
     return run_dir
+
+
+def _rerun_stages(failed: str, cfg: WeldrayConfig) -> list[str]:
+    """The failed stage and those after it, the optional sweep only when this run selected it."""
+    return [s for s in STAGES[STAGES.index(failed) :] if s != "sweep" or s in cfg.pipeline.stages]
 
 
 def _driver_node_id(cfg: WeldrayConfig) -> str:

@@ -113,12 +113,12 @@ def test_two_trial_sweep_writes_its_files_and_best_yaml_reproduces_the_trial(
 
 @pytest.mark.slow
 def test_smoke_sweep_with_asha_and_confirmation(procedural_dir: Path, tmp_path: Path) -> None:
-    """smoke.yaml as shipped: 4 trials with ASHA, the best re-evaluated with the default on 2 folds."""
+    """smoke.yaml as shipped: 3 trials with ASHA, the best re-evaluated with the default on 2 folds."""
     t0 = time.monotonic()
     proc = _sweep("smoke", str(procedural_dir), f"output_dir={tmp_path}")
     print(f"smoke sweep: {time.monotonic() - t0:.0f} s")
     sweep_dir = Path(proc.stdout.strip().splitlines()[-1])
-    table = _check_outputs(sweep_dir, 4)
+    table = _check_outputs(sweep_dir, 3)
     assert set(table["status"]) <= {"completed", "stopped_asha"}
     confirmation = json.loads((sweep_dir / "confirmation.json").read_text())
     labels = [c["label"] for c in confirmation["candidates"]]

@@ -44,7 +44,9 @@ def cv_and_final_fit(
 
     cfg = _cfg(procedural_dir, tmp_path_factory.mktemp("train"))
     summary = cross_validate(cfg, [0])
-    return summary, train(_cfg(procedural_dir, Path(cfg.output_dir), "training.run_name=learn"))
+    return summary, train(
+        _cfg(procedural_dir, Path(cfg.output_dir), "training.run_name=learn", "training.log_mlflow=true")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,21 @@ def test_run_directory_layout(trained_run: Path) -> None:
     # No early stopping: the run keeps its final (EMA) weights, not a noisy best-validation epoch.
     assert m["kept"]["epoch"] == 3
     assert m["temperature"] > 0
+
+
+def test_mlflow_records_the_run_and_its_epochs_in_the_output_folder(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """training.log_mlflow with the default URI: MLflow 3's file store, no server, beside the runs."""
+    pytest.importorskip("mlflow", reason="the tracking extra (mlflow) is not installed")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # for this reader; the run's worker sets its own
+    client = MlflowClient(f"file:{trained_run.parent.parent / 'mlruns'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("weldray").experiment_id])
+    assert run.info.run_name == "learn" and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3]
 
 
 def test_final_fit_trains_on_every_labelled_row(trained_run: Path) -> None:

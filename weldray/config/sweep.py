@@ -8,12 +8,34 @@ with ``sweep.num_samples``, and ``weldray train`` has no use for them. They are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 from weldray.config._base import ConfigError, check_choice, check_positive
 
 SCHEDULERS = ("asha", "none")
+
+
+@dataclass
+class WandbConfig:
+    # Ray Tune's WandbLoggerCallback: one W&B run per trial (sampled values as config, metrics per epoch), in the
+    # sweep folder's wandb/. Mode: $WANDB_MODE, offline when unset (`wandb sync` uploads later; online needs
+    # the network and an API key).
+    enabled: bool = False
+    project: str = "weldray"
+
+    def __post_init__(self) -> None:
+        if not self.project:
+            raise ConfigError("sweep.wandb.project", "must name a W&B project")
+
+
+@dataclass
+class MlflowConfig:
+    # Ray Tune's MLflowLoggerCallback: one MLflow run per trial (sampled values as params, metrics per epoch) in
+    # the experiment named after the sweep.
+    enabled: bool = False
+    # None: file:<sweep folder>/mlruns (local files, no server); any MLflow URI, e.g. sqlite:///mlflow.db.
+    tracking_uri: Optional[str] = None
 
 
 @dataclass
@@ -41,6 +63,9 @@ class SweepConfig:
     storage: Optional[str] = None
     # Trials run at once; None: as many as the cluster's CPUs fit (each trial's Train workers plus its data CPUs).
     max_concurrent: Optional[int] = None
+    # Experiment trackers, off by default, neither needing the network unless told to.
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self) -> None:
         if self.name is not None and (not self.name or "/" in self.name):

@@ -65,7 +65,7 @@ class TrainingConfig:
     data_cpus: float = 0.5
     log_tensorboard: bool = True
     log_mlflow: bool = False
-    # MLflow tracking URI when log_mlflow (None: ./mlruns, local files, no network).
+    # MLflow tracking URI when log_mlflow (None: <output_dir>/mlruns, local files, no server or network).
     mlflow_tracking_uri: str | None = None
 
     def __post_init__(self) -> None:

@@ -48,14 +48,18 @@ def _chosen(study: Study, table: Any, confirmation: dict[str, Any] | None, data_
     return doc
 
 
-def run_sweep(space: str, data: str | None = None, overrides: Sequence[str] = ()) -> Path:
-    """Run the study in SPACE on DATA (None: the procedural sample); returns the sweep folder. Re-running with
-    the same name continues it: finished trials and finished confirmations are kept."""
+def run_sweep(
+    space: str, data: str | None = None, overrides: Sequence[str] = (), *, root: Path | None = None
+) -> Path:
+    """Run the study in SPACE on DATA (None: the procedural sample); returns the sweep folder, ``<root>/<name>``
+    (``root`` default: ``<output_dir>/sweeps``; the pipeline's sweep stage keeps it in its run folder).
+    Re-running with the same name continues it: finished trials and finished confirmations are kept."""
     from weldray.data import resolve_dataset
     from weldray.ray_utils import init_ray
     from weldray.sweep.confirm import candidate_overrides, compare, cross_validate_candidates
     from weldray.sweep.results import optuna_study, plots, ranked, trials_table, write_best, write_report
     from weldray.sweep.run import check_same_study, run_search, study_record, sweep_dir_for
+    from weldray.sweep.tracking import tracker_callbacks
     from weldray.training.trainer import initial_model
 
     t0 = time.perf_counter()
@@ -65,14 +69,15 @@ def run_sweep(space: str, data: str | None = None, overrides: Sequence[str] = ()
     # trial and fold as one manifest) and the pretrained weights.
     data_root = str(resolve_dataset(base, progress=True).resolve())
     initial_model(base, base.data.labels)
-    sweep_dir = sweep_dir_for(study)
+    sweep_dir = sweep_dir_for(study, root)
     record = study_record(study, data_root)
     check_same_study(sweep_dir, record)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     (sweep_dir / "study.json").write_text(json.dumps(record, indent=2))
 
+    callbacks = tracker_callbacks(study, sweep_dir)
     init_ray(base.ray, job_name="sweep")
-    grid = run_search(study, data_root, sweep_dir)
+    grid = run_search(study, data_root, sweep_dir, callbacks)
     table = trials_table(grid, study, sweep_dir, base.training.epochs)
     table.to_parquet(sweep_dir / "trials.parquet", index=False)
     table.to_csv(sweep_dir / "trials.csv", index=False)

@@ -22,8 +22,10 @@ TUNE_DIR = "tune"
 TRIAL_MEMORY = 512 * 1024**2
 
 
-def sweep_dir_for(study: Study) -> Path:
-    return Path(load_config(study.overrides).output_dir).resolve() / "sweeps" / study.name
+def sweep_dir_for(study: Study, root: Path | None = None) -> Path:
+    """``<root>/<name>``; ``root`` defaults to ``<output_dir>/sweeps``."""
+    root = root if root is not None else Path(load_config(study.overrides).output_dir) / "sweeps"
+    return root.resolve() / study.name
 
 
 def trial_name(trial: Any) -> str:
@@ -66,7 +68,9 @@ def run_trial(params: dict[str, Any], *, study: Study, sweep_dir: str, data_root
 
     name = tune.get_context().get_trial_name()
     cfg = trial_config(study, params, Path(sweep_dir), data_root, name)
-    train(cfg, callbacks=[_report_callback()], progress=False)  # a trial's progress is Tune's table
+    # The Train run is named after the trial (training.run_name); its labels show which sweep and values it is.
+    labels = {"sweep": study.name, "trial": name, **params}
+    train(cfg, callbacks=[_report_callback()], progress=False, run_labels=labels)  # progress: Tune's table
 
 
 def max_concurrent(study: Study, cfg: WeldrayConfig) -> int:
@@ -122,12 +126,17 @@ def _scheduler(study: Study) -> Any:
 
 
 def study_record(study: Study, data_root: str) -> dict[str, Any]:
-    """What makes two runs of ``weldray sweep`` the same sweep (the name alone resumes it)."""
+    """What makes two runs of ``weldray sweep`` the same sweep (the name alone resumes it). The trackers count:
+    a continued Tuner keeps the callbacks it started with."""
+    sweep = {k: v for k, v in asdict(study.sweep).items() if k not in ("top_k", "confirm_folds")}
+    for tracker in ("wandb", "mlflow"):  # only when on: sweeps recorded before the trackers existed continue
+        if not sweep[tracker]["enabled"]:
+            del sweep[tracker]
     return {
         "space_file": study.path.name,
         "space": {k: asdict(d) for k, d in study.space.items()},
         "overrides": study.overrides,
-        "sweep": {k: v for k, v in asdict(study.sweep).items() if k not in ("top_k", "confirm_folds")},
+        "sweep": sweep,
         "data_root": data_root,
     }
 
@@ -148,8 +157,9 @@ def check_same_study(sweep_dir: Path, record: dict[str, Any]) -> None:
         )
 
 
-def run_search(study: Study, data_root: str, sweep_dir: Path) -> Any:
-    """Run (or continue) the Tuner; returns its ResultGrid. Ray must be initialised."""
+def run_search(study: Study, data_root: str, sweep_dir: Path, callbacks: list[Any] | None = None) -> Any:
+    """Run (or continue) the Tuner; returns its ResultGrid. Ray must be initialised. ``callbacks``: Tune's
+    (the trackers, :mod:`weldray.sweep.tracking`); a continued sweep keeps those it started with."""
     import ray
     from ray import tune
 
@@ -186,6 +196,7 @@ def run_search(study: Study, data_root: str, sweep_dir: Path) -> Any:
                 name=TUNE_DIR,
                 storage_path=str(sweep_dir),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=callbacks,
                 verbose=1,
             ),
         )

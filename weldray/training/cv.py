@@ -17,8 +17,10 @@ from weldray.config import WeldrayConfig
 
 log = logging.getLogger(__name__)
 
-# Training keys that say which rows a run sees or what it is called, not how it trains.
-_NOT_RECIPE = ("cv_fold", "run_name", "holdout", "tta", "eval_split")
+# Training keys that say which rows a run sees, what it is called, how it is evaluated or logged: not how it trains.
+_NOT_RECIPE = (
+    "cv_fold", "run_name", "holdout", "tta", "eval_split", "log_tensorboard", "log_mlflow", "mlflow_tracking_uri"
+)
 
 
 def recipe_fingerprint(cfg: WeldrayConfig) -> str:

@@ -216,6 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from weldray.config import ModelConfig
     from weldray.models import build_classifier
+    from weldray.tracking import allow_file_store
 
     cfg = config["training"]
     ctx = ray.train.get_context()
@@ -270,7 +271,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and cfg["log_mlflow"]:
         import mlflow  # optional extra: pip install 'weldray[tracking]'
 
-        mlflow.set_tracking_uri(cfg["mlflow_tracking_uri"] or "file:" + os.path.abspath("mlruns"))
+        mlflow.set_tracking_uri(allow_file_store(config["mlflow_uri"]))
         mlflow.set_experiment("weldray")
         mlflow.start_run(run_name=config["run_id"])
 

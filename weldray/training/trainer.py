@@ -93,10 +93,13 @@ def fit(
     initial: torch.nn.Module,
     callbacks: list[Any] | None = None,
     progress: bool = True,
+    run_labels: dict[str, Any] | None = None,
 ) -> Any:
     """Run the TorchTrainer from ``initial``'s weights; returns Ray's Result (latest checkpoint holds the
     kept weights). ``callbacks``: Ray Train callbacks (a sweep's trial passes the one reporting to Tune);
-    ``progress``: the live epoch bar on the driver's console (:mod:`weldray.training.progress`)."""
+    ``progress``: the live epoch bar on the driver's console (:mod:`weldray.training.progress`);
+    ``run_labels``: shown with the run (named ``run_id``) on the Ray dashboard's Train page, in its run
+    settings' ``train_loop_config`` (Train V2 has no other per-run metadata: ``metadata=`` is deprecated)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -137,6 +140,8 @@ def fit(
         "torch_threads": plan["torch_threads"],
         "run_id": run_id,
         "tensorboard_dir": str(run_dir / "tensorboard"),
+        "mlflow_uri": t.mlflow_tracking_uri or f"file:{Path(cfg.output_dir).resolve() / 'mlruns'}",
+        "run_labels": run_labels or {},
         # Through the object store: one copy per node, not one per worker in the pickled config.
         "initial_state": ray.put(initial.state_dict()),
     }
@@ -226,11 +231,18 @@ def _mix_synthetic(cfg: WeldrayConfig, splits: Any) -> Any:
     return replace(splits, train=mixed, description=f"{splits.description}, + {n_syn} synthetic ({t.synthetic_data})")
 
 
-def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None, *, progress: bool = True) -> Path:
+def train(
+    cfg: WeldrayConfig,
+    callbacks: list[Any] | None = None,
+    *,
+    progress: bool = True,
+    run_labels: dict[str, Any] | None = None,
+) -> Path:
     """Train on ``cfg.data.root`` (folder, s3:// URI, manifest; None = procedural sample) and
     return the run directory: ``model.pt`` (the kept weights: final EMA weights, or the best
     validation epoch with early stopping; temperature fitted on validation),
-    ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``. ``callbacks`` go to Ray Train."""
+    ``config.yaml``, ``metrics.json``, ``tensorboard/`` and ``report/``. ``callbacks`` go to Ray Train;
+    ``run_labels`` to the run's entry on the dashboard (:func:`fit`)."""
     from omegaconf import OmegaConf
 
     from weldray.data import load_manifest, manifest_sha256, resolve_dataset
@@ -261,7 +273,7 @@ def train(cfg: WeldrayConfig, callbacks: list[Any] | None = None, *, progress: b
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
-    result = fit(cfg, run_id, run_dir, splits, classes, initial, callbacks, progress)
+    result = fit(cfg, run_id, run_dir, splits, classes, initial, callbacks, progress, run_labels)
     if result.error is not None:
         raise RuntimeError(f"training run {run_id} failed: {result.error}") from result.error
     state = _read_state(result.checkpoint)
