@@ -63,8 +63,8 @@ def secure(server: str, model_path: Path, tmp_path_factory: pytest.TempPathFacto
     key_file = tmp_path_factory.mktemp("key") / "api.key"
     key_file.write_text(API_KEY + "\n")
     cfg = load_config(
-        [f"serve.api_key_file={key_file}", "serve.max_replicas=1", "serve.num_cpus_per_replica=0.25",
-         "serve.intra_op_threads=1"]
+        [f"serve.api_key_file={key_file}", "serve.min_replicas=1", "serve.max_replicas=1",
+         "serve.num_cpus_per_replica=0.25", "serve.intra_op_threads=1"]
     ).serve
     serve.run(build_application(model_path, cfg), name="weldray-secure", route_prefix="/secure")
     return f"{server}/secure"
