@@ -5,13 +5,14 @@ SIGTERM of `weldray serve`, each during a bounded run of /predict requests at a 
         [--scenarios sigkill,ray_kill,sigterm] [serve.key=value ...]
 
 Without --model, a random-weight efficientnet_lite0@224 is exported to a temp folder (as benchmarks/serve_load.py
-does); requests are real weld photos when available. For each scenario it prints requests sent / ok / refused
-(a 503 `overloaded` with Retry-After, or for SIGTERM a connection refused before it was accepted) / failed (any
-other error: a 5xx, a reset, a dropped connection) / hung (no answer within the client's 10 s), p50/p99 of the
-answered requests, and recovery: seconds from the fault to the last failed request ("service back"; 0 when none
-failed) and until the deployment runs as many replicas as before ("full capacity"), and how many of the
-failed requests were sent after the fault (not in flight when it struck). Every run is bounded in count
-and time and sends traffic to 127.0.0.1 only. tests/serve/test_chaos.py asserts the issue's targets with it.
+does); requests are real weld photos when available. For each scenario it prints requests sent / ok / refused (a
+503 `overloaded` with Retry-After; during a shutdown HAProxy's own 404 once the app is deleted, or a connection
+refused: nothing was accepted) / failed (any other error: a 5xx, a reset, a connection closed without an answer) /
+hung (no answer within the client's 10 s) and how many failures were sent after the fault (not in flight when it
+struck), p50/p99 of the answered requests, and recovery: seconds from the fault to the end of the last failed
+request ("service back"; 0 when none failed) and until the deployment runs as many replicas as before ("full
+capacity"). Every run is bounded in count and time and sends traffic to 127.0.0.1 only. tests/serve/test_chaos.py
+asserts on the same scenarios.
 """
 
 from __future__ import annotations
@@ -132,6 +133,8 @@ async def load(
                     kind, detail = "ok", ""
                 elif r.status_code == 503 and r.headers.get("retry-after") and _error(r) == "overloaded":
                     kind, detail = "refused", "503 overloaded"
+                elif r.status_code == 404 and r.text.startswith("Path '/predict' not found"):
+                    kind, detail = "refused", "404 from HAProxy: the app is gone (shutting down)"
                 else:
                     kind, detail = "failed", f"{r.status_code} {_error(r)}"
             except httpx.TimeoutException:
