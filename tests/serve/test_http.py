@@ -157,9 +157,12 @@ def test_predict_explain_returns_a_heatmap_overlay(client: httpx.Client) -> None
 def test_served_through_haproxy_direct_ingress(server: str) -> None:
     """serve.ingress=haproxy (the default): HAProxy forwards to the replica's own HTTP server, and
     no Python proxy sits on the request path (the fallback proxy is not the frontend)."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
+    # This session's own Ray by address: auto-detection fails while other Ray instances run on the machine.
+    mine = ray.get_runtime_context().gcs_address
+    alive = {a.class_name for a in list_actors(address=mine, filters=[("state", "=", "ALIVE")], limit=1000)}
     assert "HAProxyManager" in alive, alive
     import psutil
 
