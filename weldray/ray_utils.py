@@ -60,24 +60,16 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
     haproxy: Ray's HAProxy ingress, which implies direct ingress (each ingress replica runs its own
     HTTP server and HAProxy forwards to it). HAProxy's stats and Prometheus listeners and Serve's
     fallback proxy get free ports instead of the fixed 8404 / 9101 / 8500, so that several local
-    instances can run side by side. With ``serve.ingress_retry_bytes``, HAProxy buffers requests up to that size
-    and retries one on another replica when its replica dies before answering. Either way the proxy gets 30 s
-    instead of 5 s to report ready: on a busy 2-core machine HAProxy's manager actor takes longer than that to
-    start, and three missed checks kill it.
+    instances can run side by side. Either way the proxy gets 30 s instead of 5 s to report ready: on a busy
+    2-core machine HAProxy's manager actor takes longer than that to start, and three missed checks kill it.
     Variables already set in the environment win.
     """
     patient = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
     if cfg.ingress == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **patient}
     haproxy_binary()  # fail here, with what to do, not in a proxy actor that never becomes ready
-    retries = (
-        {"RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response",
-         "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(cfg.ingress_retry_bytes)}
-        if cfg.ingress_retry_bytes else {}
-    )
     return {
         **patient,
-        **retries,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.drain_period_s),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),

@@ -23,12 +23,6 @@ class ServeConfig:
     # haproxy: seconds a stopping replica keeps answering while HAProxy stops routing to it (Ray's default
     # is 30 s, sized for cross-node routing; it is also how long a local shutdown waits).
     drain_period_s: float = 2.0
-    # haproxy: HAProxy keeps a copy of each request up to this many bytes (its buffer size, tune.bufsize) and, when
-    # the replica it went to dies before answering, sends it to another replica (retry-on conn-failure
-    # empty-response). Every weldray route is idempotent (a prediction changes nothing), so a retry is safe. Larger
-    # requests are not retried. HAProxy holds up to two buffers of this size per open connection.
-    # 0: Ray's defaults (16 kB buffers; retried only when the connection to a replica failed to open).
-    ingress_retry_bytes: int = 1_048_576
     # Replicas (HTTP + decoding + ONNX Runtime with dynamic batching, one process each), autoscaled
     # on ongoing requests. Two at least: when one dies, the other keeps answering while Serve restarts it (with one,
     # a SIGKILLed replica failed or hung a third of the requests of a 300-request run at concurrency 16, and service
@@ -115,10 +109,5 @@ class ServeConfig:
         check_choice("serve.precision", self.precision, PRECISIONS)
         check_choice("serve.ingress", self.ingress, INGRESSES)
         check_positive("serve.drain_period_s", self.drain_period_s, allow_zero=True)
-        if self.ingress_retry_bytes != 0 and self.ingress_retry_bytes < 16_384:
-            raise ConfigError(
-                "serve.ingress_retry_bytes",
-                f"must be 0 (no retries) or at least HAProxy's 16384-byte buffer, got {self.ingress_retry_bytes}",
-            )
         if not 0.5 <= self.review_threshold <= 1.0:
             raise ConfigError("serve.review_threshold", f"must be in [0.5, 1], got {self.review_threshold}")
