@@ -57,14 +57,16 @@ def _report(figures: chaos_serve.Figures) -> None:
 
 @pytest.mark.parametrize("how", ["sigkill", "ray_kill"])
 def test_a_replica_killed_under_load(app: str, payloads: list[bytes], how: str) -> None:
-    """With the default two replicas, only requests around the kill fail (at most the dead replica's share of the
-    concurrency; the issue's 0.5 % is not met: docs/export_and_serving.md#faults), none hangs, the other replica
-    answers within seconds and Serve restores the second within 30 s."""
+    """With the default two replicas, only requests around the kill fail (the issue's 0.5 % is not met:
+    docs/export_and_serving.md#faults), none hangs, the other replica answers within seconds and Serve restores the
+    second within 30 s."""
     figures = asyncio.run(chaos_serve.kill_replica_scenario(app, payloads, how, CONCURRENCY, REQUESTS))
     _report(figures)
     assert figures.sent == REQUESTS and figures.count("ok") >= REQUESTS - CONCURRENCY
     assert figures.count("hung") == 0, figures.failures()
-    assert figures.count("failed") <= CONCURRENCY // 2, figures.failures()  # at most the dead replica's share
+    # At most one round of the clients' requests: those in flight on the dead replica, or sent to it before HAProxy
+    # marked it down (8 of 400 in both runs of 2026-12-02; one replica: 96 of 300 failed or hung).
+    assert figures.count("failed") <= CONCURRENCY, figures.failures()
     assert figures.service_back_s < 5, figures.service_back_s
     assert figures.full_capacity_s is not None and figures.full_capacity_s < 30, figures.full_capacity_s
 
