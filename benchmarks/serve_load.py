@@ -178,7 +178,7 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         cfg = load_config(
-            [f"serve.intra_op_threads={args.threads}", "serve.max_replicas=1", *args.overrides]
+            [f"serve.intra_op_threads={args.threads}", "serve.min_replicas=1", "serve.max_replicas=1", *args.overrides]
         ).serve
         init_ray(RayConfig(num_cpus=2), serve=cfg)
         single: list[np.ndarray] = []

@@ -257,3 +257,31 @@ def test_predict_cli_explain_writes_overlays(model_path: Path, photo: Path, tmp_
     line = json.loads(out.stdout.strip().splitlines()[-1])
     overlay = Image.open(line["explanation"])
     assert overlay.size == Image.open(photo).size and line["class"] in line["explanation"]
+
+
+def test_predict_cli_refuses_decompression_bombs(model_path: Path, photo: Path, tmp_path: Path) -> None:
+    """`weldray predict` on bombs in every accepted format: one too_large line each (the photo beside them is
+    still classified), in seconds, not the minutes and gigabytes of decoding them."""
+    import json
+    import time
+
+    from typer.testing import CliRunner
+
+    from tests.bombs import BOMB_FORMATS, bomb
+    from weldray.cli import app
+
+    bombs = []
+    for fmt in BOMB_FORMATS:
+        bombs.append(tmp_path / f"bomb.{fmt.lower()}")
+        bombs[-1].write_bytes(bomb(fmt, 16000, 16000))
+    started = time.perf_counter()
+    out = CliRunner().invoke(app, ["predict", str(model_path), *map(str, bombs), str(photo), "serve.provider=cpu"])
+    assert out.exit_code == 0, out.output
+    lines = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    for path, line in zip(bombs, lines, strict=False):
+        assert line["image"] == str(path) and line["error"] == "too_large", line
+        assert "declares 256000000 pixels" in line["reason"] and "refused before decoding" in line["reason"]
+    assert lines[-1]["class"] in CLASSES
+    assert time.perf_counter() - started < 30
+    only_bombs = CliRunner().invoke(app, ["predict", str(model_path), *map(str, bombs), "serve.provider=cpu"])
+    assert only_bombs.exit_code == 1  # nothing classified: a non-zero exit

@@ -123,12 +123,18 @@ def decode_image(
     try:
         img = Image.open(io.BytesIO(data))
         width, height = img.size
-    except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from None
+    except Image.DecompressionBombError as exc:  # PIL's own guard (2x Image.MAX_IMAGE_PIXELS), from the header too
+        declared = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{declared.group(1)} pixels" if declared else "more pixels than PIL allows"
+        raise ImageTooLargeError(
+            f"{fmt} header declares {size}; the limit is {max_pixels} (refused before decoding)"
+        ) from None
     except Exception as exc:  # PIL raises many types for garbage headers
         raise CorruptImageError(f"corrupt {fmt} data: {_reason(exc)}") from None
     if width * height > max_pixels:
-        raise ImageTooLargeError(f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}")
+        raise ImageTooLargeError(
+            f"image has {width}x{height} = {width * height} pixels; the limit is {max_pixels} (refused before decoding)"
+        )
     if width < 1 or height < 1:
         raise CorruptImageError(f"image has no pixels ({width}x{height})")
     try:

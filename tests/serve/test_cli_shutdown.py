@@ -55,6 +55,7 @@ def _serve(model: Path, port: int, log: Path) -> subprocess.Popen:
         str(model),
         "--port",
         str(port),
+        "serve.min_replicas=1",
         "serve.max_replicas=1",
         "serve.num_cpus_per_replica=0.5",
         "serve.intra_op_threads=1",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -13,13 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.export.models import CLASSES, export_small
+from tests.export.models import CLASSES
+from tests.serve.conftest import MAX_BODY
 
 pytestmark = pytest.mark.ray
-
-MAX_BODY = 300_000
-MAX_PIXELS = 1_000_000
-
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
@@ -30,53 +25,6 @@ def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
 def _photo(size: tuple[int, int] = (200, 160), seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8), "RGB")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory: pytest.TempPathFactory, procedural_dir: Path) -> Path:
-    return export_small(tmp_path_factory.mktemp("serve_model"), procedural_dir, n=4).path
-
-
-@pytest.fixture(scope="module")
-def server(ray_local: None, model_path: Path) -> Iterator[str]:
-    from ray import serve
-
-    from weldray.config import load_config
-    from weldray.inference.serving import build_application
-
-    port = _free_port()
-    cfg = load_config(
-        [
-            f"serve.max_body_bytes={MAX_BODY}",
-            f"serve.max_image_pixels={MAX_PIXELS}",
-            "serve.max_batch_items=4",
-            # Small limits so the overload test can saturate one replica.
-            "serve.min_replicas=1",
-            "serve.max_replicas=1",
-            "serve.max_pending_images=4",
-            "serve.max_batch_size=2",
-            "serve.num_cpus_per_replica=0.5",
-            "serve.intra_op_threads=1",
-        ]
-    ).serve
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_application(model_path, cfg), name="weldray-test", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(server: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=30.0) as c:
-        yield c
 
 
 def _assert_prediction(body: dict) -> None:
@@ -115,8 +63,8 @@ def secure(server: str, model_path: Path, tmp_path_factory: pytest.TempPathFacto
     key_file = tmp_path_factory.mktemp("key") / "api.key"
     key_file.write_text(API_KEY + "\n")
     cfg = load_config(
-        [f"serve.api_key_file={key_file}", "serve.max_replicas=1", "serve.num_cpus_per_replica=0.25",
-         "serve.intra_op_threads=1"]
+        [f"serve.api_key_file={key_file}", "serve.min_replicas=1", "serve.max_replicas=1",
+         "serve.num_cpus_per_replica=0.25", "serve.intra_op_threads=1"]
     ).serve
     serve.run(build_application(model_path, cfg), name="weldray-secure", route_prefix="/secure")
     return f"{server}/secure"
@@ -209,9 +157,12 @@ def test_predict_explain_returns_a_heatmap_overlay(client: httpx.Client) -> None
 def test_served_through_haproxy_direct_ingress(server: str) -> None:
     """serve.ingress=haproxy (the default): HAProxy forwards to the replica's own HTTP server, and
     no Python proxy sits on the request path (the fallback proxy is not the frontend)."""
+    import ray
     from ray.util.state import list_actors
 
-    alive = {a.class_name for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)}
+    # This session's own Ray by address: auto-detection fails while other Ray instances run on the machine.
+    mine = ray.get_runtime_context().gcs_address
+    alive = {a.class_name for a in list_actors(address=mine, filters=[("state", "=", "ALIVE")], limit=1000)}
     assert "HAProxyManager" in alive, alive
     import psutil
 

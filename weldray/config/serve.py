@@ -24,8 +24,11 @@ class ServeConfig:
     # is 30 s, sized for cross-node routing; it is also how long a local shutdown waits).
     drain_period_s: float = 2.0
     # Replicas (HTTP + decoding + ONNX Runtime with dynamic batching, one process each), autoscaled
-    # on ongoing requests.
-    min_replicas: int = 1
+    # on ongoing requests. Two at least: when one dies, the other keeps answering while Serve restarts it (with one,
+    # a SIGKILLed replica failed or hung a third of the requests of a 300-request run at concurrency 16, and service
+    # was back after 53 s on a loaded 2-core machine; docs/export_and_serving.md#faults). Costs a second model in
+    # memory and, at num_cpus_per_replica=1, two CPUs of Ray's.
+    min_replicas: int = 2
     max_replicas: int = 2
     target_ongoing_requests: int = 4
     # HTTP requests one replica works on at once (Serve's limit; health checks included).
@@ -56,6 +59,9 @@ class ServeConfig:
     # Average with the horizontally flipped image (2x compute).
     tta: bool = False
     max_body_bytes: int = 20_000_000
+    # Seconds a request's whole body may take to arrive; a slower one (a client trickling bytes to hold the
+    # replica's slot and memory) is answered 408 JSON and its connection closed. 20 MB at 4 Mbit/s takes 40 s.
+    body_timeout_s: float = 60.0
     max_image_pixels: int = 40_000_000
     max_batch_items: int = 64
     # Predictions whose confidence falls below this are flagged needs_review.
@@ -95,6 +101,7 @@ class ServeConfig:
                 "a larger /predict/batch request could never be admitted",
             )
         check_positive("serve.batch_wait_timeout_s", self.batch_wait_timeout_s, allow_zero=True)
+        check_positive("serve.body_timeout_s", self.body_timeout_s)
         check_positive("serve.num_cpus_per_replica", self.num_cpus_per_replica, allow_zero=True)
         check_positive("serve.num_gpus_per_replica", self.num_gpus_per_replica, allow_zero=True)
         check_positive("serve.intra_op_threads", self.intra_op_threads, allow_zero=True)

@@ -119,6 +119,7 @@ def serve(
     port: int | None = typer.Option(None, "--port", help="Port (default serve.port = 8000)."),
 ) -> None:
     """Serve MODEL over HTTP with Ray Serve until SIGINT/SIGTERM, then stop Serve and Ray and exit 0."""
+    import contextlib
     import signal
     import time
 
@@ -165,5 +166,9 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not abort the shutdown half-way
         typer.secho("shutting down Serve and Ray", err=True)
+        # The app first: its replicas stop taking requests (HAProxy stops routing to them) and finish the ones they
+        # hold; only then does Serve stop the ingress. Serve's own shutdown stops both at once and cut requests off.
+        with contextlib.suppress(Exception):
+            ray_serve.delete("weldray")
         ray_serve.shutdown()
         ray.shutdown()

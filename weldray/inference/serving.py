@@ -114,6 +114,13 @@ def api_key_digest(cfg: ServeConfig) -> str | None:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+class BodyTimeoutError(ImageError):
+    """The request body did not arrive within ``serve.body_timeout_s``."""
+
+    status = 408
+    code = "body_timeout"
+
+
 class OverloadedError(RuntimeError):
     """The replica already holds ``serve.max_pending_images`` images."""
 
@@ -269,8 +276,9 @@ class WeldService:
         self._latency.observe((time.perf_counter() - started) * 1000, tags={"route": route})
 
     async def _read_body(self, request: Request) -> bytes:
-        """The body, refused with 413 as soon as it exceeds the limit (before it is all read)."""
-        limit = self.options["max_body_bytes"]
+        """The body, refused with 413 as soon as it exceeds the limit (before it is all read), and with 408 when it
+        has not all arrived within ``serve.body_timeout_s``."""
+        limit, seconds = self.options["max_body_bytes"], self.options["body_timeout_s"]
         declared = request.headers.get("content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -280,11 +288,17 @@ class WeldService:
                     f"request body of {int(declared)} bytes exceeds the {limit}-byte limit"
                 )
         chunks, total = [], 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise ImageTooLargeError(f"request body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(seconds):
+                async for chunk in request.stream():
+                    total += len(chunk)
+                    if total > limit:
+                        raise ImageTooLargeError(f"request body exceeds the {limit}-byte limit")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise BodyTimeoutError(
+                f"request body not received within {seconds:g} s ({total} bytes arrived); send it at once"
+            ) from None
         return b"".join(chunks)
 
     async def _uploads(self, request: Request, body: bytes) -> list[bytes]:

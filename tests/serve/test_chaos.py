@@ -1,0 +1,83 @@
+"""Faults under load (benchmarks/chaos_serve.py): a replica SIGKILLed or `ray.kill`ed at concurrency 16, and SIGTERM
+of `weldray serve`, each during a bounded run of /predict requests on 127.0.0.1. The issue's targets: failed
+<= 0.5 %, none hung (client timeout 10 s), service back and full capacity within 30 s, and on SIGTERM no request
+dropped after it was accepted (asserted; the kill scenarios assert what two replicas achieve, see
+test_a_replica_killed_under_load)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.export.models import export_small
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import chaos_serve  # noqa: E402
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+REQUESTS = 400
+CONCURRENCY = 16
+# The shipped defaults, but on the session's 2-CPU Ray beside other apps: half a CPU per replica, one ORT thread.
+SMALL = ["serve.num_cpus_per_replica=0.5", "serve.intra_op_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, procedural_dir: Path) -> Path:
+    return export_small(tmp_path_factory.mktemp("chaos_model"), procedural_dir, n=4).path
+
+
+@pytest.fixture(scope="module")
+def payloads(procedural_dir: Path) -> list[bytes]:
+    return [p.read_bytes() for p in sorted(procedural_dir.rglob("*.jpg"))[:16]]
+
+
+@pytest.fixture(scope="module")
+def app(ray_local: None, model: Path) -> Iterator[str]:
+    """The weldray app with its default replica settings, on this module's own Serve instance."""
+    from ray import serve
+
+    serve.shutdown()  # this module's Serve: its own port
+    url = chaos_serve.start_app(model, SMALL)
+    try:
+        yield url
+    finally:
+        serve.shutdown()
+
+
+def _report(figures: chaos_serve.Figures) -> None:
+    from rich.console import Console
+
+    Console(width=220).print(chaos_serve.table([figures], figures.scenario))
+
+
+@pytest.mark.parametrize("how", ["sigkill", "ray_kill"])
+def test_a_replica_killed_under_load(app: str, payloads: list[bytes], how: str) -> None:
+    """With the default two replicas, only requests around the kill fail (the issue's 0.5 % is not met:
+    docs/export_and_serving.md#faults), none hangs, the other replica answers within seconds and Serve restores the
+    second within 30 s."""
+    figures = asyncio.run(chaos_serve.kill_replica_scenario(app, payloads, how, CONCURRENCY, REQUESTS))
+    _report(figures)
+    assert figures.sent == REQUESTS and figures.count("ok") >= REQUESTS - CONCURRENCY
+    assert figures.count("hung") == 0, figures.failures()
+    # At most one round of the clients' requests: those in flight on the dead replica, or sent to it before HAProxy
+    # marked it down (8 of 400 in both runs of 2026-12-02; one replica: 96 of 300 failed or hung).
+    assert figures.count("failed") <= CONCURRENCY, figures.failures()
+    assert figures.service_back_s < 5, figures.service_back_s
+    assert figures.full_capacity_s is not None and figures.full_capacity_s < 30, figures.full_capacity_s
+
+
+def test_sigterm_of_weldray_serve_drops_no_accepted_request(model: Path, payloads: list[bytes], tmp_path: Path) -> None:
+    proc, url = chaos_serve.start_cli(model, SMALL, tmp_path / "serve.log")
+    try:
+        figures = asyncio.run(chaos_serve.sigterm_scenario(proc, url, payloads, CONCURRENCY, REQUESTS))
+    finally:
+        chaos_serve.stop_cli(proc)
+    _report(figures)
+    assert figures.sent == REQUESTS and figures.count("hung") == 0
+    assert figures.count("failed") == 0, figures.failures()  # each got its answer or a refusal at connect
+    assert figures.count("ok") >= REQUESTS // 3 and figures.notes[0].startswith("exit 0"), figures.notes
