@@ -17,11 +17,14 @@ scenarios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 
 # One detection scale, no segmenter, one pass, no audit: ~5 ms per 64 px image instead of ~1 s.
 FAST_CLEAN = ["text_removal.det_limit_side_len=64", "text_removal.det_extra_side_lens=[]",
@@ -214,6 +218,79 @@ def generate_scenario(labelled: Path, out: Path, how: str | None, n_per_class: i
         fig.notes.append("the kill did not happen (job over first)")
     fig.notes += [f"stray temp file {s}" for s in stray]
     return fig, rec
+
+
+# --- the training driver ---------------------------------------------------------------------------------------
+def _train(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`weldray train ARGS` in its own session (process group), output to ``log``."""
+    weldray = str(Path(sys.executable).with_name("weldray"))
+    with log.open("ab") as out:
+        return subprocess.Popen([weldray, "train", *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def own_ray_processes(ray_tmpdir: Path) -> list[psutil.Process]:
+    """Processes of the Ray instance started with ``RAY_TMPDIR=ray_tmpdir`` (its session folder is in each command
+    line): that instance only, never another one on the machine."""
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(ray_tmpdir) in " ".join(p.info["cmdline"] or []):
+                procs.append(p)
+    return procs
+
+
+def train_driver_kill(data: Path, work: Path, overrides: list[str], *, limit_s: float = 1200) -> dict:
+    """`weldray train DATA training.run_name=chaos` SIGKILLed (its whole process group, then any process of its
+    private Ray) once its first checkpoint is registered, then the same command again, then an uninterrupted run
+    of another name: their metrics.json figures."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    ray_tmp = Path(tempfile.mkdtemp(prefix="wrc", dir="/tmp"))  # short: Ray's socket paths live below it
+    env.update(RAY_TMPDIR=str(ray_tmp), RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
+    common = [str(data), f"output_dir={work}", f"ray.storage_path={work / 'ray_results'}", *overrides]
+    snapshot = work / "ray_results" / "chaos" / "checkpoint_manager_snapshot.json"
+    log = work / "train.log"
+    t0 = time.perf_counter()
+    driver = _train([*common, "training.run_name=chaos"], env, log)
+    try:
+        while not snapshot.is_file():
+            if driver.poll() is not None:
+                raise RuntimeError(f"weldray train ended (rc {driver.returncode}) before its first checkpoint: {log}")
+            if time.perf_counter() - t0 > limit_s:
+                raise TimeoutError(f"no checkpoint within {limit_s} s: {log}")
+            time.sleep(0.5)
+        killed_at = time.perf_counter() - t0
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    survivors = own_ray_processes(ray_tmp)
+    for p in survivors:  # what outlived its driver (Ray's daemons die with it; workers may linger)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(survivors, timeout=30)
+    left = [p.pid for p in own_ray_processes(ray_tmp)]
+    epochs_before = len(json.loads(snapshot.read_text()).get("checkpoint_results", []) or [1])
+    t1 = time.perf_counter()
+    resumed = _train([*common, "training.run_name=chaos"], env, log)
+    rc_resumed = resumed.wait(timeout=limit_s)
+    resumed_s = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    plain = _train([*common, "training.run_name=plain"], env, log)
+    rc_plain = plain.wait(timeout=limit_s)
+    plain_s = time.perf_counter() - t2
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+    def metrics(name: str) -> dict:
+        path = work / "runs" / name / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    return {"killed_at_s": round(killed_at, 1), "checkpoints_before_kill": epochs_before,
+            "ray_processes_after_kill": len(survivors), "ray_processes_left": left,
+            "rc_resumed": rc_resumed, "resumed_s": round(resumed_s, 1), "rc_plain": rc_plain,
+            "plain_s": round(plain_s, 1), "resumed": metrics("chaos"), "plain": metrics("plain"), "log": str(log)}
 
 
 def table(figures: list[Figures], title: str) -> object:
