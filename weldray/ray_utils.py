@@ -170,11 +170,11 @@ ACTOR_TASK_RETRIES = 3
 POOL_RERUNS = 2
 
 
-
 def map_with_actor_pool(ds: Any, udf: type, size: int, **kwargs: Any) -> Any:
     """``ds.map_batches(udf, compute=ActorPoolStrategy(size=size), **kwargs)`` whose actors are restarted after a
     crash and retry its task ACTOR_TASK_RETRIES times. Ray 2.60 takes ``max_restarts`` / ``max_task_retries`` only as
-    ``ray_remote_args`` (deprecated for 2.64, which has no named parameter for them yet): its warning is silenced."""
+    ``ray_remote_args`` (deprecated, to be removed in Ray 2.64; 2.60 has no named parameter for them): its warning
+    is silenced."""
     import warnings
 
     import ray
