@@ -58,7 +58,7 @@ textseg-weights: install
 	$(BIN)/weldray train-segmenter weldray/text_removal/weights/textseg.pt $(ARGS)
 
 # Every benchmark in turn; each prints a table (run on a quiet machine: they measure wall time).
-bench: clean-text-bench train-bench bench-inference bench-serve bench-chaos
+bench: clean-text-bench train-bench bench-inference bench-serve bench-chaos bench-chaos-pipeline
 
 # ----- Ray cluster (cluster/README.md) -------------------------------------------------------------
 # A head + worker node on this machine, ports CLUSTER_PORT..CLUSTER_PORT+99, token in CLUSTER_DIR/auth_token.
@@ -103,7 +103,7 @@ train-bench: install
 # Export and serving. RUN=outputs/runs/<run_id>; MODEL defaults to the export's output.
 RUN ?=
 MODEL ?= models/onnx/weld_classifier.onnx
-.PHONY: export serve bench-inference bench-serve bench-chaos
+.PHONY: export serve bench-inference bench-serve bench-chaos bench-chaos-pipeline
 export: install
 	$(BIN)/weldray export $(RUN) export.check_images=$(or $(DATA),../shared/data/welds) $(ARGS)
 
@@ -119,6 +119,9 @@ bench-serve: install
 # Faults under load (replica SIGKILL / ray.kill, SIGTERM of weldray serve): a few minutes, 127.0.0.1 only.
 bench-chaos: install
 	$(BIN)/python benchmarks/chaos_serve.py $(ARGS)
+
+bench-chaos-pipeline: install
+	$(BIN)/python benchmarks/chaos_pipeline.py $(ARGS)
 
 # Text removal. OUT defaults to outputs/welds_clean.
 OUT ?= outputs/welds_clean

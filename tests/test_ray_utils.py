@@ -85,3 +85,54 @@ def test_state_api_in_a_worker_finds_its_own_instance_beside_another(ray_local: 
     finally:
         other.kill()
         other.wait()
+
+
+class _Udf:
+    """Doubles ``i``; appends each batch's items to ``log``. ``exit_once``: the first call ends its actor for good
+    (as ``ray.kill`` does: Ray never restarts it); ``raise_on``: a Python exception whenever that item comes."""
+
+    def __init__(self, log: str, exit_once: str | None = None, raise_on: int | None = None) -> None:
+        self.log, self.exit_once, self.raise_on = log, exit_once, raise_on
+
+    def __call__(self, batch: dict) -> dict:
+        import ray
+
+        with open(self.log, "a") as f:
+            f.write("".join(f"{int(i)}\n" for i in batch["i"]))
+        if self.exit_once and not os.path.exists(self.exit_once):
+            open(self.exit_once, "w").close()
+            ray.actor.exit_actor()
+        if self.raise_on is not None and self.raise_on in batch["i"]:
+            raise ValueError(f"item {self.raise_on} is bad")
+        return {"i": batch["i"], "twice": batch["i"] * 2}
+
+
+def _collect(items: list[int], **udf_kwargs) -> list[dict]:  # type: ignore[no-untyped-def]
+    import ray
+
+    from weldray.ray_utils import collect_rows, map_with_actor_pool
+
+    def dataset(todo: list[int]):  # type: ignore[no-untyped-def]
+        ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=4)
+        return map_with_actor_pool(ds, _Udf, 1, fn_constructor_kwargs=udf_kwargs, batch_size=2, num_cpus=0.25)
+
+    return collect_rows(dataset, items, lambda i: i, lambda row: int(row["i"]), "test", str, progress=False)
+
+
+def test_an_actor_lost_for_good_has_its_unfinished_items_run_again_once(ray_local: None, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "calls"
+    with caplog.at_level("WARNING", logger="weldray.ray_utils"):
+        rows = _collect(list(range(12)), log=str(log), exit_once=str(tmp_path / "exited"))
+    assert "an actor of the pool was lost (ActorDiedError)" in caplog.text  # Ray Data gave up; collect_rows reran
+    assert sorted(int(r["i"]) for r in rows) == list(range(12))  # each item exactly once
+    assert all(r["twice"] == 2 * r["i"] for r in rows)
+    assert (tmp_path / "exited").exists() and len(log.read_text().split()) > 12  # the lost batch ran again
+
+
+def test_a_python_exception_in_the_udf_fails_at_once_without_a_rerun(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import ray
+
+    log = tmp_path / "calls"
+    with pytest.raises(ray.exceptions.RayTaskError, match="item 5 is bad"):
+        _collect(list(range(12)), log=str(log), raise_on=5)
+    assert log.read_text().split().count("5") == 1  # neither Ray nor collect_rows tried it again

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from weldray.config import RayConfig, ServeConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -158,15 +159,58 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
         log.info("Ray dashboard: http://%s", context.dashboard_url)
 
 
+# A map actor whose process dies (SIGKILL, the OOM killer, its node lost) is restarted by Ray and its task run
+# again on it this many times. Ray Data's own default is -1 (forever): a deterministic crash, such as a native
+# decoder dying on one file, would then restart the actor and fail again without end. Python exceptions raised by
+# the job's code are never retried (Ray Data's actor_task_retry_on_errors stays False): they are bugs or bad
+# input, and the job fails on the first one.
+ACTOR_TASK_RETRIES = 3
+# Fresh executions over the inputs that have no row yet, after Ray Data gave up on a lost actor (one killed for
+# good with ``ray.kill``, or a crash that outlived ACTOR_TASK_RETRIES): it aborts the whole dataset on that error.
+POOL_RERUNS = 2
+
+
+def map_with_actor_pool(ds: Any, udf: type, size: int, **kwargs: Any) -> Any:
+    """``ds.map_batches(udf, compute=ActorPoolStrategy(size=size), **kwargs)`` whose actors are restarted after a
+    crash and retry its task ACTOR_TASK_RETRIES times. Ray 2.60 takes ``max_restarts`` / ``max_task_retries`` only as
+    ``ray_remote_args`` (deprecated, to be removed in Ray 2.64; 2.60 has no named parameter for them): its warning
+    is silenced."""
+    import warnings
+
+    import ray
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated")
+        return ds.map_batches(udf, compute=ray.data.ActorPoolStrategy(size=size), max_restarts=-1,
+                              max_task_retries=ACTOR_TASK_RETRIES, **kwargs)
+
+
 def collect_rows(
-    ds: Any, name: str, total: int, info: Callable[[dict[str, Any]], str], *, progress: bool = True
+    dataset: Callable[[list[T]], Any],
+    items: Sequence[T],
+    key: Callable[[T], Hashable],
+    row_key: Callable[[dict[str, Any]], Hashable],
+    name: str,
+    info: Callable[[dict[str, Any]], str],
+    *,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every row of the Ray Dataset ``ds`` as it streams in, with a live bar on stderr (done / total, ETA and
-    ``info(row)`` of the latest row)."""
+    """Every row of the Ray Dataset ``dataset(items)`` (one row per item) as it streams in, with a live bar on
+    stderr (done / total, ETA and ``info(row)`` of the latest row).
+
+    When an actor of the dataset's pool is lost for good, Ray Data aborts the execution with a
+    :class:`ray.exceptions.RayActorError`. The rows received until then stand (each is a finished item), and a new
+    ``dataset(...)`` runs over the items with no row yet (``key(item)`` vs ``row_key(row)``), up to
+    :data:`POOL_RERUNS` times: every item ends with exactly one row. Any other error (a Python exception in the
+    job's code) is raised at once.
+    """
+    import ray
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     rows: list[dict[str, Any]] = []
+    done: set[Hashable] = set()
+    todo = list(items)
     with Progress(
         TextColumn(f"[bold]{name}[/]"),
         BarColumn(),
@@ -176,8 +220,26 @@ def collect_rows(
         console=Console(stderr=True),
         disable=not progress,
     ) as bar:
-        task = bar.add_task(name, total=total, info="")
-        for row in ds.iter_rows():
-            rows.append(dict(row))
-            bar.update(task, advance=1, info=info(rows[-1]))
-    return rows
+        task = bar.add_task(name, total=len(todo), info="")
+        reruns = 0
+        while True:
+            try:
+                for row in dataset(todo).iter_rows():
+                    rows.append(dict(row))
+                    done.add(row_key(rows[-1]))
+                    bar.update(task, advance=1, info=info(rows[-1]))
+                return rows
+            except ray.exceptions.RayActorError as exc:
+                todo = [item for item in todo if key(item) not in done]
+                if not todo:
+                    return rows
+                if reruns == POOL_RERUNS:
+                    raise RuntimeError(
+                        f"{name}: actors of the pool were lost {reruns + 1} times and {len(todo)} of "
+                        f"{len(items)} inputs have no result; the last loss: {exc}"
+                    ) from exc
+                reruns += 1
+                log.warning(
+                    "%s: an actor of the pool was lost (%s); running the %d of %d inputs without a result again",
+                    name, type(exc).__name__, len(todo), len(items),
+                )

@@ -281,3 +281,24 @@ def test_cross_validation_holds_out_each_fold_once(procedural_dir: Path, tmp_pat
     mean = sum(r["balanced_accuracy"] for r in summary["folds"]) / 2
     assert summary["balanced_accuracy_mean"] == pytest.approx(mean)
     assert json.loads(Path(summary["path"]).read_text())["name"] == "cvtest"
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_on_the_same_command(procedural_dir: Path, tmp_path: Path) -> None:
+    """`weldray train DATA training.run_name=chaos` SIGKILLed after its first checkpoint (its process group, then
+    whatever of its own Ray outlived it, found by its RAY_TMPDIR), then the same command again: it resumes from the
+    checkpoint and ends with the same epochs and a complete history, like an uninterrupted run
+    (benchmarks/chaos_pipeline.py)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import chaos_pipeline
+
+    r = chaos_pipeline.train_driver_kill(procedural_dir, tmp_path, ["profile=quick_test", "training.epochs=3"])
+    assert r["ray_processes_left"] == [], r  # nothing of the killed driver's Ray survives
+    assert r["rc_resumed"] == 0 and r["rc_plain"] == 0, r["log"]
+    resumed, plain = r["resumed"], r["plain"]
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2] == [h["epoch"] for h in plain["history"]]
+    assert resumed["epochs_run"] == plain["epochs_run"] == 3
+    assert resumed["history"][-1]["resumed_from"] >= 1  # started from the killed run's checkpoint, not over
+    assert all(h["resumed_from"] == 0 for h in plain["history"])

@@ -144,7 +144,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     (with the reason) when the generator cannot work on these sources."""
     import ray
 
-    from weldray.ray_utils import collect_rows, init_ray, own_ray
+    from weldray.ray_utils import collect_rows, init_ray, map_with_actor_pool, own_ray
 
     syn, endpoint = cfg.synthetic, cfg.data.s3_endpoint_url
     if syn.generator == "none":
@@ -175,18 +175,21 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
         if todo:
             init_ray(cfg.ray, job_name="generate")
             ray.data.DataContext.get_current().enable_progress_bars = False
-            ds = ray.data.from_items([{"label": t.label, "source": t.source, "seed": t.seed} for t in todo],
-                                     override_num_blocks=max(1, min(len(todo), 4 * syn.concurrency)))
-            ds = ds.map_batches(
-                GenerateActor,
-                fn_constructor_kwargs=dict(cfg=cfg, sources=rows, output=output),
-                batch_size=syn.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=syn.concurrency),
-                num_cpus=syn.num_cpus_per_actor,
-                num_gpus=syn.num_gpus_per_actor,
-            )
+
+            def dataset(part: list[Task]) -> Any:
+                ds = ray.data.from_items([{"label": t.label, "source": t.source, "seed": t.seed} for t in part],
+                                         override_num_blocks=max(1, min(len(part), 4 * syn.concurrency)))
+                return map_with_actor_pool(
+                    ds, GenerateActor, syn.concurrency,
+                    fn_constructor_kwargs=dict(cfg=cfg, sources=rows, output=output),
+                    batch_size=syn.batch_size,
+                    num_cpus=syn.num_cpus_per_actor,
+                    num_gpus=syn.num_gpus_per_actor,
+                )
+
             new_rows = collect_rows(
-                ds, "generate", len(todo), lambda row: f"{row['status']:6s} {row['name']}", progress=progress
+                dataset, todo, lambda t: (t.source, t.seed), lambda row: (row["source"], int(row["seed"])),
+                "generate", lambda row: f"{row['status']:6s} {row['name']}", progress=progress,
             )
     wall = time.perf_counter() - t0
     new = pd.DataFrame(new_rows, columns=RECORD_COLUMNS).assign(resumed=False)

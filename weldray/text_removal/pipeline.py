@@ -273,7 +273,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
     """Run the whole job on Ray Data; see the module docstring for what lands where."""
     import ray
 
-    from weldray.ray_utils import collect_rows, init_ray
+    from weldray.ray_utils import collect_rows, init_ray, map_with_actor_pool
     from weldray.text_removal.audit import write_audit
 
     tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
@@ -284,16 +284,16 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
     prev, done = load_done(output, endpoint)
     fs, in_root = wio.filesystem(input_uri, endpoint)
     paths = [f[len("s3://") :] if wio.is_s3(f) else f for f in files]
+    root = in_root.rstrip("/")
 
-    started = not ray.is_initialized()
-    init_ray(cfg.ray, job_name="clean_text")
-    try:
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    def dataset(todo: list[str]) -> Any:
         # Fractional read CPUs: with the actor pool holding most of a small node, whole-CPU read tasks could
         # never be placed (seen on 1-CPU nodes) and the job would hang.
-        ds = ray.data.read_binary_files(paths, filesystem=fs, include_paths=True, num_cpus=0.25)
-        ds = ds.map_batches(
+        ds = ray.data.read_binary_files(todo, filesystem=fs, include_paths=True, num_cpus=0.25)
+        return map_with_actor_pool(
+            ds,
             CleanActor,
+            tr.concurrency,
             fn_constructor_kwargs=dict(
                 cfg=tr,
                 input_root=in_root,
@@ -303,12 +303,22 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
                 endpoint_url=endpoint,
             ),
             batch_size=tr.batch_size,
-            compute=ray.data.ActorPoolStrategy(size=tr.concurrency),
             num_cpus=tr.num_cpus_per_actor,
             num_gpus=tr.num_gpus_per_actor,
         )
+
+    started = not ray.is_initialized()
+    init_ray(cfg.ray, job_name="clean_text")
+    try:
+        ray.data.DataContext.get_current().enable_progress_bars = False
         rows = collect_rows(
-            ds, "clean", len(paths), lambda row: f"{row['status']:7s} {row['relpath']}", progress=progress
+            dataset,
+            paths,
+            lambda path: path[len(root) + 1 :],
+            lambda row: row["relpath"],
+            "clean",
+            lambda row: f"{row['status']:7s} {row['relpath']}",
+            progress=progress,
         )
     finally:
         if started:
