@@ -7,6 +7,7 @@ Every stage reads and writes through these helpers so that ``DATA``, ``OUTPUT`` 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
@@ -69,6 +70,23 @@ def write_bytes(uri: str | os.PathLike[str], data: bytes, endpoint_url: str | No
         return
     with fs.open_output_stream(path) as f:
         f.write(data)
+
+
+#: The temp files of :func:`write_bytes`: ``.<name>.tmp<pid>``.
+_TEMP_FILE = re.compile(r"^\..+\.tmp\d+$")
+
+
+def remove_stray_temps(uri: str | os.PathLike[str], endpoint_url: str | None = None) -> list[str]:
+    """Delete the temp files that :func:`write_bytes` left below a local ``uri`` when its process was killed
+    mid-write (a lost Ray actor; its work is redone and renamed into place by another). Call it only once no
+    writer is left. Returns their paths; object stores write whole objects and have none."""
+    fs, path = filesystem(uri, endpoint_url)
+    if not isinstance(fs, pafs.LocalFileSystem) or not Path(path).is_dir():
+        return []
+    stray = [p for p in Path(path).rglob(".*.tmp*") if _TEMP_FILE.match(p.name) and p.is_file()]
+    for p in stray:
+        p.unlink(missing_ok=True)
+    return [str(p) for p in stray]
 
 
 def exists(uri: str | os.PathLike[str], endpoint_url: str | None = None) -> bool:
