@@ -55,9 +55,10 @@ def test_pipeline_job_on_two_nodes(pipeline_cluster: LocalCluster, tmp_path: Pat
     assert run_dir == out / "pipelines" / run_id, "the run folder carries the job's run id"
     record = json.loads((run_dir / "pipeline.json").read_text())
     stages = record["stages"]
-    assert list(stages) == ["clean", "ingest", "generate", "pretrain", "train", "evaluate", "export"]
+    assert list(stages) == ["clean", "ingest", "generate", "pretrain", "sweep", "train", "evaluate", "export"]
     assert stages.pop("generate")["status"] == "skipped"  # training.mix_real_ratio=1.0: real photos only
     assert stages.pop("pretrain")["status"] == "skipped"  # pipeline.pretrain=false (the default)
+    assert stages.pop("sweep")["status"] == "skipped"  # not in pipeline.stages (the default)
     assert all(s["status"] == "done" for s in stages.values()), {k: s["status"] for k, s in stages.items()}
     for stage in stages.values():
         for path in stage["outputs"].values():
