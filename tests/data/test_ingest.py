@@ -111,6 +111,19 @@ def test_splits_are_stratified_and_deterministic(tmp_path: Path, cfg) -> None:  
     assert counts.min().min() >= 8
 
 
+def test_other_split_settings_get_their_own_manifest(tmp_path: Path, cfg) -> None:  # type: ignore[no-untyped-def]
+    """Two runs on one folder with other folds (e.g. a repeat with another data.split_seed) must not overwrite
+    each other's manifest: ingest rewrites it on every run, and a run re-reads it when it evaluates."""
+    root = write_dataset(tmp_path / "ds", 30)
+    first = ingest(str(root), cfg)
+    folds_42 = load_manifest(first.manifest_path)["fold"].tolist()
+    other = ingest(str(root), load_config([f"output_dir={tmp_path / 'out'}", "data.n_folds=3", "data.split_seed=7"]))
+    assert other.manifest_dir != first.manifest_dir
+    assert load_manifest(first.manifest_path)["fold"].tolist() == folds_42  # untouched
+    assert load_manifest(other.manifest_path)["fold"].tolist() != folds_42
+    assert ingest(str(root), cfg).manifest_dir == first.manifest_dir  # same settings, same folder
+
+
 def test_other_class_folders_map_by_config(tmp_path: Path) -> None:
     root = tmp_path / "ds"
     for folder in ("ok", "defect"):

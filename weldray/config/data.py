@@ -38,7 +38,7 @@ class DataConfig:
     extensions: list[str] = field(
         default_factory=lambda: [".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"]
     )
-    # Where manifests go; None -> <output_dir>/datasets/<name>-<hash of root>.
+    # Where manifests go; None -> <output_dir>/datasets/<name>-<hash of root and the ingest settings>.
     manifest_dir: Optional[str] = None
     # Near-duplicate grouping: perceptual hash and max Hamming distance (64-bit hashes).
     hash_method: str = "phash"

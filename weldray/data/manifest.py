@@ -96,13 +96,21 @@ class _Labels:
     files: frozenset[str] = frozenset()
 
 
+# Data keys that do not change what ingest writes (where it reads from and writes to).
+_NOT_INGEST = ("root", "manifest_dir", "s3_endpoint_url", "procedural")
+
+
 def default_manifest_dir(root: str, cfg: WeldrayConfig) -> Path:
-    """``<output_dir>/datasets/<folder name>-<hash of the root URI>`` unless configured."""
+    """``<output_dir>/datasets/<folder name>-<hash of the root URI and the ingest settings>`` unless configured.
+    The settings are in the name because ingest rewrites the manifest on every run: two runs on one folder with
+    other splits (``data.split_seed``, ``n_folds``, ...) must not overwrite each other's folds mid-run."""
     if cfg.data.manifest_dir:
         return Path(cfg.data.manifest_dir)
     uri = root if io.is_s3(root) else str(Path(root).expanduser().resolve())
     name = uri.rstrip("/").rsplit("/", 1)[-1] or "dataset"
-    return Path(cfg.output_dir) / "datasets" / f"{name}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}"
+    settings = {k: v for k, v in asdict(cfg.data).items() if k not in _NOT_INGEST}
+    key = json.dumps({"uri": uri, **settings}, sort_keys=True, default=str)
+    return Path(cfg.output_dir) / "datasets" / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
 
 def _read_boxes(item: _Inspected, labels: _Labels, data_cfg: DataConfig) -> str | None:
