@@ -14,7 +14,7 @@ import pytest
 from tests.synthetic.helpers import write_labelled_dataset
 from weldray.config import ConfigError, load_config
 from weldray.data import ingest, load_manifest
-from weldray.synthetic.job import generate
+from weldray.synthetic.job import generate, sheet_rows
 from weldray.synthetic.lineage import LineageError, mix, synthetic_rows
 from weldray.training.data import split_rows
 
@@ -157,3 +157,20 @@ def test_a_cv_fold_trains_on_the_mix_from_the_pipeline_layout(fold0, tmp_path: P
     n_real = len(split_rows(manifest, 0).train)
     assert metrics["n_train"] == 2 * n_real and metrics["n_train_synthetic"] == n_real
     assert metrics["n_test"] == int((manifest["fold"] == 0).sum())
+
+
+def test_contact_sheet_shows_every_source_before_a_second_image_of_any() -> None:
+    # 3 source photos x 4 accepted images per class, 2 dropped ones (and a failed task, never shown).
+    rows = [
+        {"status": "ok", "accepted": True, "label": label, "source": f"good_welds/{src}.jpg",
+         "name": f"{label}-{src}-{i}"}
+        for label in ("bad_weld", "good_weld") for src in ("a", "b", "c") for i in range(4)
+    ] + [{"status": "ok", "accepted": False, "label": "bad_weld", "source": "good_welds/a.jpg", "name": f"x{i}"}
+         for i in range(2)] + [{"status": "reject", "accepted": False, "label": "bad_weld", "source": "y", "name": "r"}]
+    picks = sheet_rows(pd.DataFrame(rows), 10)
+    kept = [r for r in picks if r.accepted]
+    assert len(picks) == 10 and len(kept) == 8  # 2 dropped of status ok, so kept images fill the rest
+    assert [r.label for r in kept] == ["bad_weld", "good_weld"] * 4
+    assert [r.source[-5:] for r in kept] == ["a.jpg", "a.jpg", "b.jpg", "b.jpg", "c.jpg", "c.jpg", "a.jpg", "a.jpg"]
+    assert [r.name for r in picks if not r.accepted] == ["x0", "x1"]
+    assert len(sheet_rows(pd.DataFrame(rows), 4)) == 4 and not sheet_rows(pd.DataFrame(rows), 0)

@@ -317,23 +317,34 @@ def _write(records: pd.DataFrame, summary: dict[str, Any], output: str, cfg: Wel
     return GenerateReport(output, records_path, summary, records, sheet_path)
 
 
+def sheet_rows(records: pd.DataFrame, n: int) -> list[Any]:
+    """The records a contact sheet of ``n`` shows: accepted ones, then rejected ones (up to half the sheet, and
+    each side fills what the other lacks), each alternating the classes and, within a class, one image per source
+    photo before a second from any (a sheet of one photo's variants says little). A fixed order: reproducible."""
+    ok = records[records["status"] == "ok"]
+    sides = []
+    for accepted in (True, False):
+        part = ok[ok["accepted"] == accepted]
+        by_class = [
+            g.assign(_nth=g.groupby("source").cumcount()).sort_values("_nth", kind="stable").head(n).itertuples()
+            for _, g in part.groupby("label")
+        ]
+        sides.append([r for r in chain.from_iterable(zip_longest(*by_class)) if r is not None])
+    kept, dropped = sides
+    n_dropped = min(len(dropped), n // 2)
+    n_kept = min(len(kept), n - n_dropped)
+    return kept[:n_kept] + dropped[: n - n_kept]
+
+
 def contact_sheet(records: pd.DataFrame, n: int, endpoint_url: str | None = None) -> bytes | None:
     """PNG: accepted images (green caption) then rejected ones (red), both classes, pasted regions outlined."""
     from PIL import Image, ImageDraw
 
     from weldray.preprocessing import decode_image
 
-    ok = records[records["status"] == "ok"]
-    if n == 0 or ok.empty:
+    picks = sheet_rows(records, n)
+    if not picks:
         return None
-    picks = []
-    for accepted in (True, False):
-        part = ok[ok["accepted"] == accepted]
-        # Alternate the classes so both show, in a fixed order (the sheet is reproducible).
-        by_class = [g.head(n).itertuples() for _, g in part.groupby("label")]
-        mixed = [r for r in chain.from_iterable(zip_longest(*by_class)) if r is not None]
-        picks += mixed[: n // 2 if accepted else n - min(len(mixed), n // 2)] if mixed else []
-    picks = picks[:n]
     cap, tiles = 30, []
     for r in picks:
         img = Image.fromarray(np.asarray(decode_image(wio.read_bytes(r.candidate, endpoint_url))))
@@ -347,7 +358,8 @@ def contact_sheet(records: pd.DataFrame, n: int, endpoint_url: str | None = None
         color = (0, 130, 0) if r.accepted else (200, 0, 0)
         why = "" if r.accepted else (" near-duplicate" if r.gate_reason.startswith("near") else " by teacher")
         d.text((3, 2), f"{'KEPT' if r.accepted else 'DROPPED'}{why}", fill=color)
-        d.text((3, 15), f"{r.label} p={r.teacher_confidence:.2f} {PurePosixPath(r.source).stem}"[:34], fill=color)
+        conf = "" if np.isnan(r.teacher_confidence) else f" p={r.teacher_confidence:.2f}"  # NaN: no teacher ran
+        d.text((3, 15), f"{r.label}{conf} {PurePosixPath(r.source).stem}"[:34], fill=color)
         tiles.append(tile)
     cols = min(4, len(tiles))
     sheet = Image.new("RGB", (cols * (THUMB + 8), ((len(tiles) + cols - 1) // cols) * (THUMB + cap + 8)),
