@@ -495,8 +495,10 @@ def run_pipeline(overrides: Sequence[str] = ()) -> Path:
                 )
                 run.save()
                 raise StageError(
-                    f"stage {stage.name!r} failed: {exc}\nfix the cause and re-run it alone with "
-                    f"pipeline.stages=[{','.join(_rerun_stages(stage.name, cfg))}] (run dir {run_dir})"
+                    f"stage {stage.name!r} failed: {exc}\nfix the cause and run the same command again (a Ray job: "
+                    f"submit it again with pipeline.run_name={run_dir.name}): it resumes after the stages that "
+                    f"completed; or re-run from this stage with pipeline.stages="
+                    f"[{','.join(_rerun_stages(stage.name, cfg))}] (run dir {run_dir})"
                 ) from exc
             run.records[stage.name] = StageRecord(
                 stage.name, "done", key=key, outputs=outputs, metrics=metrics, started=started,

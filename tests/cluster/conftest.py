@@ -28,3 +28,18 @@ def two_node_cluster() -> Iterator[LocalCluster]:
     assert not left, f"processes left after stopping the cluster: {left}"
     assert not (temp_dir / "cluster.json").exists()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def pipeline_cluster() -> Iterator[LocalCluster]:
+    temp_dir = Path(tempfile.mkdtemp(prefix="wrc-", dir="/tmp"))
+    with LocalCluster(
+        LocalClusterConfig(
+            temp_dir=temp_dir,
+            port_base=find_free_port_base(27200),
+            object_store_mb=512,
+            start_timeout_s=240,
+        )
+    ) as cluster:
+        yield cluster
+    shutil.rmtree(temp_dir, ignore_errors=True)

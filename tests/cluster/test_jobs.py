@@ -124,6 +124,21 @@ def test_run_ids_are_unique_and_sortable() -> None:
     assert first != second and first.startswith("pipeline-20")
 
 
+def test_a_resubmitted_run_gets_the_next_free_submission_id() -> None:
+    """Resuming a failed pipeline job = submitting its run again; Ray refuses a used submission id."""
+    from types import SimpleNamespace
+
+    class Client:
+        def __init__(self, ids: list[str]) -> None:
+            self.ids = ids
+
+        def list_jobs(self) -> list[SimpleNamespace]:
+            return [SimpleNamespace(submission_id=i) for i in self.ids]
+
+    assert jobs.free_submission_id(Client(["weldray-other"]), "weldray-run") == "weldray-run"
+    assert jobs.free_submission_id(Client(["weldray-run", "weldray-run-2"]), "weldray-run") == "weldray-run-3"
+
+
 # ----- token ---------------------------------------------------------------------------------------
 @pytest.fixture()
 def no_token_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:

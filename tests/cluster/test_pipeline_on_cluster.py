@@ -8,37 +8,16 @@ job whose working_dir lost the segmenter's weights once passed every other test.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.cluster.helpers import PIPELINE_OVERRIDES as OVERRIDES
 from weldray.cluster import jobs
-from weldray.cluster.local import LocalCluster, LocalClusterConfig, find_free_port_base
+from weldray.cluster.local import LocalCluster
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
-
-# Small but real: Ray Train DDP with two half-CPU workers on the default head (2 CPUs) + worker (1 CPU),
-# from the pip-shipped ImageNet weights (quick_test alone trains from random init).
-OVERRIDES = ["profile=quick_test", "training.num_workers=2", "training.cpus_per_worker=0.5", "model.pretrained=true"]
-
-
-@pytest.fixture(scope="module")
-def pipeline_cluster() -> Iterator[LocalCluster]:
-    temp_dir = Path(tempfile.mkdtemp(prefix="wrc-", dir="/tmp"))
-    with LocalCluster(
-        LocalClusterConfig(
-            temp_dir=temp_dir,
-            port_base=find_free_port_base(27200),
-            object_store_mb=512,
-            start_timeout_s=240,
-        )
-    ) as cluster:
-        yield cluster
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_pipeline_job_on_two_nodes(pipeline_cluster: LocalCluster, tmp_path: Path) -> None:

@@ -276,7 +276,8 @@ def submit_pipeline(
     run_id: str | None = None,
     entrypoint_num_cpus: float | None = None,
 ) -> str:
-    """Submit ``jobs/pipeline.py``; returns the submission id ``weldray-<run_id>``.
+    """Submit ``jobs/pipeline.py``; returns the submission id ``weldray-<run_id>`` (``-2``, ``-3``, ... when
+    that run was submitted before: re-submitting with its ``pipeline.run_name`` resumes it).
 
     A local DATA path is made absolute (the job runs in a copy of the repository, not in the caller's
     directory); ``pipeline.run_name`` is set to the run id unless given.
@@ -295,10 +296,21 @@ def submit_pipeline(
         working_dir=working_dir,
         metadata=job_metadata(overrides, run_id),
         env_vars={RUN_ID_ENV: run_id},
-        submission_id=f"weldray-{run_id}",
+        submission_id=free_submission_id(client, f"weldray-{run_id}"),
         entrypoint_num_cpus=entrypoint_num_cpus,
         required=(PIPELINE_SCRIPT, "conf/config.yaml"),
     )
+
+
+def free_submission_id(client: Any, base: str) -> str:
+    """``base``, else ``base-2``, ``base-3``, ...: Ray refuses a second job with a used submission id, and the
+    way to resume a failed pipeline job is to submit its run again (same ``pipeline.run_name``)."""
+    taken = {job.submission_id for job in client.list_jobs()}
+    n, candidate = 1, base
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
 
 
 def print_logs(result: JobResult) -> None:

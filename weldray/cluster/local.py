@@ -330,6 +330,30 @@ class LocalCluster:
             StateResource.TASKS, ListApiOptions(filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
         )
 
+    def list_actors(self, job_id: str) -> list[dict[str, Any]]:
+        """Actor records of one Ray job (hex job id): class_name, node_id, state, pid, ..."""
+        from ray.util.state.common import ListApiOptions, StateResource
+
+        return self._state_list(
+            StateResource.ACTORS, ListApiOptions(filters=[("job_id", "=", job_id)], detail=True, limit=10_000)
+        )
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL node ``name``'s whole process tree (raylet, its workers, ``ray start``), as when a machine is
+        lost: nothing drains or says goodbye; the head learns of it from missed health checks."""
+        import psutil
+
+        node = next(n for n in self.nodes if n.name == name)
+        proc = _own_process(node)
+        if proc is None:
+            raise ClusterError(f"the {name} node (pid {node.pid}) is not running")
+        tree = [proc, *proc.children(recursive=True)]
+        for p in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(tree, timeout=10)
+        self._procs[name].poll()  # reap our direct child
+
     def _state_list(self, resource: Any, options: Any) -> list[dict[str, Any]]:
         from ray.util.state.api import StateApiClient
 
