@@ -38,6 +38,7 @@ def _trial(config: dict[str, Any], storage: str) -> None:
     ).fit()
 
 
+@pytest.mark.slow  # four Tune trials in a row, ~2 min
 def test_asha_stops_four_trials_in_a_row_and_frees_their_placement_groups(ray_local: None, tmp_path: Path) -> None:
     import ray
     from ray import tune

@@ -83,6 +83,7 @@ def _check_outputs(sweep_dir: Path, n_trials: int) -> pd.DataFrame:
     return table
 
 
+@pytest.mark.slow  # a whole `weldray sweep` in a subprocess, ~3 min
 def test_two_trial_sweep_writes_its_files_and_best_yaml_reproduces_the_trial(
     procedural_dir: Path, tmp_path: Path
 ) -> None:

@@ -76,6 +76,7 @@ def _assert_quiet_console(output: str) -> None:
     assert "Ray's logs (workers, Ray Data):" in output
 
 
+@pytest.mark.slow  # two full trainings side by side, ~2 min
 def test_two_trainings_at_once_both_succeed(procedural_dir: Path, tmp_path: Path) -> None:
     """Two `weldray train` runs side by side, each on its own private local Ray instance. Before, Ray
     Train's placement-group cleaner of one run found both instances and failed (or, with a dashboard on
