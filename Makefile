@@ -58,7 +58,7 @@ textseg-weights: install
 	$(BIN)/weldray train-segmenter weldray/text_removal/weights/textseg.pt $(ARGS)
 
 # Every benchmark in turn; each prints a table (run on a quiet machine: they measure wall time).
-bench: clean-text-bench train-bench bench-inference bench-serve bench-chaos bench-chaos-pipeline
+bench: clean-text-bench train-bench bench-generate bench-inference bench-serve bench-chaos bench-chaos-pipeline
 
 # ----- Ray cluster (cluster/README.md) -------------------------------------------------------------
 # A head + worker node on this machine, ports CLUSTER_PORT..CLUSTER_PORT+99, token in CLUSTER_DIR/auth_token.
@@ -103,7 +103,7 @@ train-bench: install
 # Export and serving. RUN=outputs/runs/<run_id>; MODEL defaults to the export's output.
 RUN ?=
 MODEL ?= models/onnx/weld_classifier.onnx
-.PHONY: export serve bench-inference bench-serve bench-chaos bench-chaos-pipeline
+.PHONY: export serve bench-inference bench-serve bench-chaos bench-chaos-pipeline bench-generate
 export: install
 	$(BIN)/weldray export $(RUN) export.check_images=$(or $(DATA),../shared/data/welds) $(ARGS)
 
@@ -122,6 +122,10 @@ bench-chaos: install
 
 bench-chaos-pipeline: install
 	$(BIN)/python benchmarks/chaos_pipeline.py $(ARGS)
+
+# Synthetic generation, Ray Data job vs a plain loop (ARGS=--tiny-sdxl: sdxl_turbo with tiny random models).
+bench-generate: install
+	PYTHONPATH=. $(BIN)/python benchmarks/generate_throughput.py $(ARGS)
 
 # Text removal. OUT defaults to outputs/welds_clean.
 OUT ?= outputs/welds_clean
