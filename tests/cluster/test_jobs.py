@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from weldray.cli import app
 from weldray.cluster import jobs
 from weldray.cluster.auth import TokenNotFoundError, auth_headers, load_token, write_new_token
-from weldray.cluster.local import PORT_BLOCK, LocalClusterConfig, find_free_port_base
+from weldray.cluster.local import PORT_BLOCK, LocalCluster, LocalClusterConfig, find_free_port_base
 from weldray.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,6 +179,7 @@ def test_local_cluster_ports_are_distinct_and_inside_the_block() -> None:
     cfg = LocalClusterConfig(port_base=30000)
     ports = [p for i in range(2) for p in cfg.node_ports(i).values()]
     singles = [p for i in range(2) for k, p in cfg.node_ports(i).items() if "worker-port" not in k]
+    singles.append(cfg.dashboard_metrics_port)
     assert len(singles) == len(set(singles))
     ranges = [
         range(cfg.node_ports(i)["min-worker-port"], cfg.node_ports(i)["max-worker-port"] + 1)
@@ -186,7 +187,10 @@ def test_local_cluster_ports_are_distinct_and_inside_the_block() -> None:
     ]
     assert not set(ranges[0]) & set(ranges[1])
     assert not any(p in r for p in singles for r in ranges)
-    assert all(30000 <= p < 30000 + PORT_BLOCK for p in ports)
+    assert all(30000 <= p < 30000 + PORT_BLOCK for p in [*ports, cfg.dashboard_metrics_port])
+    env = LocalCluster(cfg).env()  # what `ray start` gets: the head's dashboard reads its metrics port there
+    assert env["DASHBOARD_METRIC_PORT"] == str(cfg.dashboard_metrics_port)
+    assert int(env["RAY_DASHBOARD_STARTUP_TIMEOUT_S"]) == int(cfg.start_timeout_s)
 
 
 def test_free_port_base_skips_a_taken_port() -> None:

@@ -94,6 +94,11 @@ class LocalClusterConfig:
     def dashboard_port(self) -> int:
         return self.port_base + 1
 
+    @property
+    def dashboard_metrics_port(self) -> int:
+        """The dashboard's Prometheus exporter (Ray's default 44227 would collide with any other Ray head here)."""
+        return self.port_base + 3
+
     def node_ports(self, index: int) -> dict[str, int]:
         """``ray start`` port flags for node ``index`` (0 = head); worker processes get 40 ports each."""
         base = self.port_base + 10 + 5 * index
@@ -168,6 +173,11 @@ class LocalCluster:
             # `python` in a job entrypoint must be this environment's interpreter.
             "PATH": venv_bin + os.pathsep + env.get("PATH", ""),
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Read by the head's dashboard (`ray start` has no flag for it).
+            "DASHBOARD_METRIC_PORT": str(self.config.dashboard_metrics_port),
+            # Ray gives the dashboard 60 s to come up, which a loaded 2-core machine can exceed: `ray start`
+            # then fails. The cluster's own start timeout is the limit instead.
+            "RAY_DASHBOARD_STARTUP_TIMEOUT_S": str(int(self.config.start_timeout_s)),
         }
         return env
 
