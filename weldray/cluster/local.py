@@ -313,9 +313,14 @@ class LocalCluster:
             time.sleep(1)
 
     def _wait_for_nodes(self, expected: int, deadline: float) -> None:
+        from ray.util.state.exception import ServerUnavailable
+
         while True:
             self._check_alive()
-            alive = [n for n in self.list_nodes() if n["state"] == "ALIVE"]
+            try:
+                alive = [n for n in self.list_nodes() if n["state"] == "ALIVE"]
+            except ServerUnavailable:  # the dashboard answers before its state API module (a subprocess) does
+                alive = []
             if len(alive) >= expected:
                 return
             if time.monotonic() > deadline:
