@@ -21,6 +21,8 @@ def test_production_profile_is_the_seed_recipe() -> None:
     assert cfg.training.epochs == 90
     assert cfg.training.batch_size == 64
     assert cfg.training.mix_real_ratio == 0.25
+    # The design's diffusion generator, not copy_paste (which lowered the paired CV on the real photos).
+    assert (cfg.synthetic.generator, cfg.synthetic.train_lora) == ("sdxl_turbo", True)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
