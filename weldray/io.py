@@ -6,6 +6,7 @@ Every stage reads and writes through these helpers so that ``DATA``, ``OUTPUT`` 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -13,6 +14,8 @@ from pathlib import Path, PurePosixPath
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+log = logging.getLogger(__name__)
 
 
 def is_s3(uri: str | os.PathLike[str]) -> bool:
@@ -86,6 +89,8 @@ def remove_stray_temps(uri: str | os.PathLike[str], endpoint_url: str | None = N
     stray = [p for p in Path(path).rglob(".*.tmp*") if _TEMP_FILE.match(p.name) and p.is_file()]
     for p in stray:
         p.unlink(missing_ok=True)
+    if stray:
+        log.warning("removed %d temp file(s) of writes cut short by a lost actor (redone)", len(stray))
     return [str(p) for p in stray]
 
 

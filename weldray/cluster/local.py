@@ -359,10 +359,9 @@ class LocalCluster:
         import psutil
 
         node = next(n for n in self.nodes if n.name == name)
-        proc = _own_process(node)
-        if proc is None:
+        tree = _process_tree(node)
+        if not tree:
             raise ClusterError(f"the {name} node (pid {node.pid}) is not running")
-        tree = [proc, *proc.children(recursive=True)]
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
@@ -402,14 +401,11 @@ def stop_nodes(nodes: list[NodeState], *, timeout_s: float = 30.0) -> None:
 
     tree: list[psutil.Process] = []
     for node in nodes:
-        proc = _own_process(node)
-        if proc is None:
-            continue
-        try:
-            tree += [proc, *proc.children(recursive=True)]
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            continue
+        procs = _process_tree(node)
+        tree += procs
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if procs:
+                procs[0].send_signal(signal.SIGTERM)
     _, alive = psutil.wait_procs(tree, timeout=timeout_s)
     for proc in alive:
         log.warning("node process %s (pid %d) ignored SIGTERM; killing it", proc.name(), proc.pid)
@@ -427,6 +423,17 @@ def _own_process(node: NodeState) -> Any:
         return proc if f"--temp-dir={node.temp_dir}" in proc.cmdline() else None
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
+
+
+def _process_tree(node: NodeState) -> list[Any]:
+    """The node's ``ray start`` process, then every process under it; empty when it is not (or no longer) ours."""
+    import psutil
+
+    proc = _own_process(node)
+    try:
+        return [] if proc is None else [proc, *proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 def _alive(node: NodeState) -> bool:

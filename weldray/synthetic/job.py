@@ -192,8 +192,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
                 "generate", lambda row: f"{row['status']:6s} {row['name']}", progress=progress,
             )
     wall = time.perf_counter() - t0
-    if stray := wio.remove_stray_temps(output, endpoint):
-        log.warning("removed %d temp file(s) of writes cut short by a lost actor (redone)", len(stray))
+    wio.remove_stray_temps(output, endpoint)  # after a lost actor: nothing writes any more
     new = pd.DataFrame(new_rows, columns=RECORD_COLUMNS).assign(resumed=False)
     keep = {(t.source, t.seed) for t in tasks}
     old = (prev[[(s, int(d)) in keep for s, d in zip(prev["source"], prev["seed"], strict=True)]].assign(resumed=True)

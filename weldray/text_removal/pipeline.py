@@ -323,8 +323,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
     finally:
         if started:
             ray.shutdown()
-    if stray := wio.remove_stray_temps(output, endpoint):
-        log.warning("removed %d temp file(s) of writes cut short by a lost actor (redone)", len(stray))
+    wio.remove_stray_temps(output, endpoint)  # after a lost actor: nothing writes any more
     records = _merge(pd.DataFrame(rows, columns=RECORD_COLUMNS), prev)
     return write_audit(records, output, cfg, endpoint_url=endpoint, n_inputs=len(paths))
 
