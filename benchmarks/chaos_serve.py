@@ -243,7 +243,7 @@ def start_cli(model: Path | str, overrides: list[str], log: Path, ready_s: float
            "ray.include_dashboard=false", *overrides]
     # A private Ray of its own, with its own HAProxy ports: not the ones a Ray started by this process put in its
     # environment (weldray.ray_utils.serve_environment), which that HAProxy may still hold.
-    inherited = ("RAY_SERVE_HAPROXY_", "RAY_SERVE_FALLBACK_PROXY_", "RAY_SERVE_DIRECT_INGRESS_")
+    inherited = ("RAY_SERVE_HAPROXY_", "RAY_SERVE_FALLBACK_PROXY_", "RAY_SERVE_DIRECT_INGRESS_", "WELDRAY_HAPROXY_")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(inherited)}, "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"

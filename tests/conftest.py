@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# serve.body_timeout_s of the tests' Serve apps, short so that a trickled body is cut off well inside a client's
+# 10 s patience (tests/serve/test_hostile.py). HAProxy enforces it for the bodies it holds (weldray-haproxy), and
+# reads it when Ray starts: the session's Ray gets it too, as `weldray serve` gives its Ray its own.
+SERVE_BODY_TIMEOUT_S = 3.0
 REAL_WELDS = Path(os.environ.get("WELDRAY_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "welds"))
 
 
@@ -41,7 +45,7 @@ def ray_local() -> Iterator[None]:
     from weldray.config import RayConfig, ServeConfig
     from weldray.ray_utils import init_ray
 
-    init_ray(RayConfig(num_cpus=2), serve=ServeConfig())
+    init_ray(RayConfig(num_cpus=2), serve=ServeConfig(body_timeout_s=SERVE_BODY_TIMEOUT_S))
     yield
     ray.shutdown()
 

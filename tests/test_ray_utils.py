@@ -30,6 +30,12 @@ def test_serve_environment_per_ingress() -> None:
     ports = [haproxy[k] for k in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT",
                                   "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT")]
     assert len(set(ports)) == 3 and "8404" not in ports  # free ports, not Ray's fixed defaults
+    # HAProxy runs through the launcher that holds uploads whole, and retries a request whose replica died once.
+    assert os.path.basename(haproxy["RAY_SERVE_HAPROXY_BINARY_PATH"]) == "weldray-haproxy"
+    assert haproxy["RAY_SERVE_HAPROXY_RETRY_ON"] == "conn-failure empty-response"
+    assert haproxy["RAY_SERVE_HAPROXY_RETRIES"] == "1" and haproxy["WELDRAY_HAPROXY_BODY_TIMEOUT_S"] == "60.0"
+    assert int(haproxy["RAY_SERVE_HAPROXY_TUNE_BUFSIZE"]) > int(haproxy["WELDRAY_HAPROXY_RETRY_BODY_BYTES"])
+    assert serve_environment(ServeConfig(retries=0))["RAY_SERVE_HAPROXY_RETRY_ON"] == "none"
     proxy = serve_environment(ServeConfig(ingress="proxy"))
     assert proxy["RAY_SERVE_ENABLE_HA_PROXY"] == "0" and not any("HAPROXY" in k for k in proxy)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -59,24 +61,45 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
     """Environment that Ray Serve's controller and replicas read when they start, for ``serve.ingress``.
 
     haproxy: Ray's HAProxy ingress, which implies direct ingress (each ingress replica runs its own
-    HTTP server and HAProxy forwards to it). HAProxy's stats and Prometheus listeners and Serve's
-    fallback proxy get free ports instead of the fixed 8404 / 9101 / 8500, so that several local
-    instances can run side by side. Either way the proxy gets 30 s instead of 5 s to report ready: on a busy
+    HTTP server and HAProxy forwards to it), run through ``weldray-haproxy``
+    (:mod:`weldray.inference.haproxy`), which holds each request whole so that HAProxy can retry it on another
+    replica (``serve.retries``, ``serve.retry_body_bytes``) when its own dies. HAProxy's stats and Prometheus
+    listeners and Serve's fallback proxy get free ports instead of the fixed 8404 / 9101 / 8500, so that several
+    local instances can run side by side. Either way the proxy gets 30 s instead of 5 s to report ready: on a busy
     2-core machine HAProxy's manager actor takes longer than that to start, and three missed checks kill it.
-    Variables already set in the environment win.
+    Variables already set in the environment win (a ``RAY_SERVE_HAPROXY_BINARY_PATH`` of your own runs that HAProxy
+    as is, without the launcher: set ``WELDRAY_HAPROXY_BINARY`` instead to keep it).
     """
+    from weldray.inference.haproxy import ENV_BINARY, ENV_BODY_BYTES, ENV_BODY_TIMEOUT, LAUNCHER
+
     patient = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
     if cfg.ingress == "proxy":
         return {"RAY_SERVE_ENABLE_HA_PROXY": "0", **patient}
-    haproxy_binary()  # fail here, with what to do, not in a proxy actor that never becomes ready
-    return {
+    binary = haproxy_binary()  # fail here, with what to do, not in a proxy actor that never becomes ready
+    launcher = shutil.which(LAUNCHER, path=os.path.dirname(sys.executable)) or shutil.which(LAUNCHER)
+    if launcher is None:
+        raise IngressUnavailableError(
+            f"{LAUNCHER} (installed with weldray as a console script) is not beside {sys.executable} nor on PATH: "
+            "reinstall weldray (pip install -e .), or serve through Ray's Python proxy with serve.ingress=proxy"
+        )
+    env = {
         **patient,
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": str(cfg.drain_period_s),
         "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
         "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
         "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_BINARY_PATH": launcher,
+        ENV_BODY_TIMEOUT: str(cfg.body_timeout_s),
+        ENV_BODY_BYTES: str(cfg.retry_body_bytes),
+        # A request whose replica refused the connection or closed it without an answer goes to another one.
+        "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" if cfg.retries else "none",
+        "RAY_SERVE_HAPROXY_RETRIES": str(cfg.retries),
+        "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(cfg.retry_body_bytes + 32 * 1024),
     }
+    if os.path.basename(binary) != LAUNCHER:  # not the launcher that an earlier call put in the environment
+        env[ENV_BINARY] = binary
+    return env
 
 
 @contextlib.contextmanager

@@ -115,6 +115,38 @@ def test_launcher_starts_every_node_in_token_mode_with_the_shipped_token() -> No
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
 
 
+# The HAProxy settings that make Serve retry a request whose replica died (docs/export_and_serving.md#faults).
+RETRY_KEYS = ("RAY_SERVE_HAPROXY_RETRY_ON", "RAY_SERVE_HAPROXY_RETRIES", "RAY_SERVE_HAPROXY_TUNE_BUFSIZE")
+
+
+def _assignments(text: str) -> dict[str, str]:
+    """KEY=value pairs of a shell command or Dockerfile ENV (values bare, quoted or a $(...) substitution)."""
+    return {k: v.strip("'\"") for k, v in re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|\$\([^)]*\)|[^\s\\]+)", text)}
+
+
+def _local_retry_env() -> dict[str, str]:
+    from weldray.config import ServeConfig
+    from weldray.ray_utils import serve_environment
+
+    return {k: serve_environment(ServeConfig())[k] for k in RETRY_KEYS}
+
+
+def test_cluster_nodes_retry_like_weldray_serve() -> None:
+    """Every node starts Serve's HAProxy through weldray-haproxy with the retry settings `weldray serve` uses."""
+    wanted = _local_retry_env()
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        start = next(c for c in _launcher()[key] if "ray start" in c)
+        env = _assignments(start.split("ray start")[0])
+        assert {k: env.get(k) for k in RETRY_KEYS} == wanted, key
+        assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == "$(command -v weldray-haproxy)", key
+    docker = (CLUSTER / "docker" / "Dockerfile").read_text()
+    block = re.search(r"^ENV RAY_SERVE_HAPROXY_BINARY_PATH=(?:.*\\\n)*.*$", docker, re.M)
+    assert block, "cluster/docker/Dockerfile: no ENV block for Serve's HAProxy"
+    env = _assignments(block[0])
+    assert {k: env.get(k) for k in RETRY_KEYS} == wanted
+    assert env["RAY_SERVE_HAPROXY_BINARY_PATH"].endswith("/bin/weldray-haproxy")
+
+
 def test_pyproject_pins_the_same_ray() -> None:
     assert f'"ray[data,train,tune,serve]=={RAY_VERSION}"' in (REPO / "pyproject.toml").read_text()
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import SERVE_BODY_TIMEOUT_S as BODY_TIMEOUT_S
 from tests.export.models import export_small
 
 MAX_BODY = 300_000
 MAX_PIXELS = 1_000_000
-BODY_TIMEOUT_S = 3.0
 
 
 def _free_port() -> int:
@@ -47,7 +47,6 @@ def server(ray_local: None, model_path: Path) -> Iterator[str]:
             "serve.max_batch_size=2",
             "serve.num_cpus_per_replica=0.5",
             "serve.intra_op_threads=1",
-            # Short, so a trickled body is cut off well inside a client's 10 s patience (tests/serve/test_hostile.py).
             f"serve.body_timeout_s={BODY_TIMEOUT_S}",
         ]
     ).serve

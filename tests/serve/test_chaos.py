@@ -1,8 +1,7 @@
 """Faults under load (benchmarks/chaos_serve.py): a replica SIGKILLed or `ray.kill`ed at concurrency 16, and SIGTERM
 of `weldray serve`, each during a bounded run of /predict requests on 127.0.0.1. The issue's targets: failed
 <= 0.5 %, none hung (client timeout 10 s), service back and full capacity within 30 s, and on SIGTERM no request
-dropped after it was accepted (asserted; the kill scenarios assert what two replicas achieve, see
-test_a_replica_killed_under_load)."""
+dropped after it was accepted (all asserted)."""
 
 from __future__ import annotations
 
@@ -57,16 +56,14 @@ def _report(figures: chaos_serve.Figures) -> None:
 
 @pytest.mark.parametrize("how", ["sigkill", "ray_kill"])
 def test_a_replica_killed_under_load(app: str, payloads: list[bytes], how: str) -> None:
-    """With the default two replicas, only requests around the kill fail (the issue's 0.5 % is not met:
-    docs/export_and_serving.md#faults), none hangs, the other replica answers within seconds and Serve restores the
-    second within 30 s."""
+    """With the default two replicas and HAProxy's retries (serve.retries=1, requests held whole by
+    weldray-haproxy), the requests in flight on the killed replica are answered by the other one: at most 0.5 %
+    fail (the issue's target), none hangs, and Serve restores the second replica within 30 s."""
     figures = asyncio.run(chaos_serve.kill_replica_scenario(app, payloads, how, CONCURRENCY, REQUESTS))
     _report(figures)
-    assert figures.sent == REQUESTS and figures.count("ok") >= REQUESTS - CONCURRENCY
-    assert figures.count("hung") == 0, figures.failures()
-    # At most one round of the clients' requests: those in flight on the dead replica, or sent to it before HAProxy
-    # marked it down (8 of 400 in both runs of 2026-12-02; one replica: 96 of 300 failed or hung).
-    assert figures.count("failed") <= CONCURRENCY, figures.failures()
+    assert figures.sent == REQUESTS and figures.count("hung") == 0, figures.failures()
+    # Without the retries: 8 of 400 in both runs of 2026-12-02, all in flight on the dead replica.
+    assert figures.failed_fraction <= 0.005, figures.failures()
     assert figures.service_back_s < 5, figures.service_back_s
     assert figures.full_capacity_s is not None and figures.full_capacity_s < 30, figures.full_capacity_s
 

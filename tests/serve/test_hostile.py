@@ -142,8 +142,8 @@ async def _healthz_during(server: str, work) -> list:
 
 
 def test_a_trickled_body_is_cut_off_with_408(server: str) -> None:
-    """One byte every 0.4 s of a 1000-byte body: the replica gives up after serve.body_timeout_s (3 s here) with a
-    408 JSON answer; /healthz answers meanwhile."""
+    """One byte every 0.4 s of a 1000-byte body: HAProxy, which holds bodies whole before choosing a replica,
+    gives up after serve.body_timeout_s (3 s here) with a 408 JSON answer; /healthz answers meanwhile."""
     head = _head("/predict", {"Content-Type": "image/png", "Content-Length": "1000"})
     answer = asyncio.run(_healthz_during(server, _send(server, head, 1000, chunk=1, pace_s=0.4)))
     _refused(answer, 408)

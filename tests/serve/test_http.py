@@ -169,6 +169,14 @@ def test_served_through_haproxy_direct_ingress(server: str) -> None:
     port = int(server.rsplit(":", 1)[1])
     listeners = [c for c in psutil.net_connections(kind="tcp") if c.laddr.port == port and c.status == "LISTEN"]
     assert listeners and all(psutil.Process(c.pid).name() == "haproxy" for c in listeners), listeners
+    # Started through weldray-haproxy: uploads are held whole, so one whose replica dies can be retried.
+    from weldray.inference.haproxy import MARK, config_path
+
+    config = config_path(psutil.Process(listeners[0].pid).cmdline())
+    assert config is not None
+    text = config.read_text()
+    assert MARK in text and "http-request wait-for-body" in text, text[:2000]
+    assert "retry-on conn-failure empty-response" in text and "retries 1" in text, text[:2000]
 
 
 def test_concurrent_requests_match_in_process_inference(client: httpx.Client, server: str, model_path: Path) -> None:

@@ -23,6 +23,16 @@ class ServeConfig:
     # haproxy: seconds a stopping replica keeps answering while HAProxy stops routing to it (Ray's default
     # is 30 s, sized for cross-node routing; it is also how long a local shutdown waits).
     drain_period_s: float = 2.0
+    # haproxy: how many times a request is sent to another replica when its own died before answering, or refused
+    # the connection. Every route is idempotent (a classification changes nothing), so a retry is safe; what it
+    # risks is a request that itself kills replicas taking a second one with it, hence one. 0: no retries (what was
+    # in flight on a killed replica fails: 2-3 % of a run at concurrency 16 here; docs/export_and_serving.md#faults).
+    retries: int = 1
+    # haproxy: an upload of at most this many bytes is held whole by HAProxy before a replica is chosen (for at most
+    # body_timeout_s), which is what lets it be retried; a larger one streams through and fails with its replica.
+    # HAProxy's buffer (tune.bufsize) is this plus 32 KiB for the headers: up to about twice that per request in
+    # progress.
+    retry_body_bytes: int = 1_048_576
     # Replicas (HTTP + decoding + ONNX Runtime with dynamic batching, one process each), autoscaled
     # on ongoing requests. Two at least: when one dies, the other keeps answering while Serve restarts it (with one,
     # a SIGKILLed replica failed or hung a third of the requests of a 300-request run at concurrency 16, and service
@@ -92,6 +102,7 @@ class ServeConfig:
             "max_batch_items",
             "max_pending_images",
             "decode_threads",
+            "retry_body_bytes",
         ):
             check_positive(f"serve.{key}", getattr(self, key))
         if self.max_batch_items > self.max_pending_images:
@@ -109,5 +120,6 @@ class ServeConfig:
         check_choice("serve.precision", self.precision, PRECISIONS)
         check_choice("serve.ingress", self.ingress, INGRESSES)
         check_positive("serve.drain_period_s", self.drain_period_s, allow_zero=True)
+        check_positive("serve.retries", self.retries, allow_zero=True)
         if not 0.5 <= self.review_threshold <= 1.0:
             raise ConfigError("serve.review_threshold", f"must be in [0.5, 1], got {self.review_threshold}")
