@@ -1,8 +1,10 @@
-"""Faults under load against a local Serve app on 127.0.0.1: a replica SIGKILLed, a replica `ray.kill`ed, and
-SIGTERM of `weldray serve`, each during a bounded run of /predict requests at a fixed concurrency.
+"""Load and faults against a local Serve app on 127.0.0.1: sustained load with no fault (2,000 requests at concurrency
+32, the replicas' memory before and after), then a replica SIGKILLed, a replica `ray.kill`ed, and SIGTERM of
+`weldray serve`, each during a bounded run of /predict requests at a fixed concurrency.
 
     .venv/bin/python benchmarks/chaos_serve.py [--model M.onnx] [--requests 300] [--concurrency 16]
-        [--scenarios sigkill,ray_kill,sigterm] [serve.key=value ...]
+        [--sustained 2000 --sustained-concurrency 32] [--scenarios sustained,sigkill,ray_kill,sigterm]
+        [serve.key=value ...]
 
 Without --model, a random-weight efficientnet_lite0@224 is exported to a temp folder (as benchmarks/serve_load.py
 does); requests are real weld photos when available. For each scenario it prints requests sent / ok / refused (a
@@ -53,6 +55,7 @@ class Figures:
     fault_at: float | None = None
     full_capacity_s: float | None = None
     notes: list[str] = field(default_factory=list)
+    rss_mb: list[tuple[float, float]] = field(default_factory=list)  # per replica: before, after (sustained load)
 
     def count(self, kind: str) -> int:
         return sum(o.kind == kind for o in self.outcomes)
@@ -194,6 +197,30 @@ async def wait_full_capacity(before: set[str], n: int, started: float, app: str 
     return float("nan")
 
 
+def replica_rss_mb(app: str = APP) -> dict[str, float]:
+    """Resident memory (MiB) of every live replica of ``app``, by actor name."""
+    import psutil
+
+    return {name: psutil.Process(pid).memory_info().rss / 2**20 for name, pid in replicas(app)}
+
+
+async def sustained_scenario(
+    url: str, payloads: list[bytes], concurrency: int, total: int, app: str = APP
+) -> Figures:
+    """``total`` requests at ``concurrency``, no fault, after a warm-up of ``2 * concurrency`` (first-use allocations
+    are not a leak): each replica's RSS before and after, which a leak per request would grow."""
+    await load(url, payloads, concurrency, 2 * concurrency)
+    before = await asyncio.to_thread(replica_rss_mb, app)
+    figures = Figures(f"sustained load, {len(before)} replica(s)", [])
+    figures.outcomes, _ = await load(url, payloads, concurrency, total)
+    after = await asyncio.to_thread(replica_rss_mb, app)
+    figures.rss_mb = [(before[name], after[name]) for name in sorted(before) if name in after]
+    figures.notes.append("replica RSS MiB " + ", ".join(f"{b:.0f} -> {a:.0f}" for b, a in figures.rss_mb))
+    if len(figures.rss_mb) != len(before):
+        figures.notes.append(f"{len(before) - len(figures.rss_mb)} replica(s) restarted during the run")
+    return figures
+
+
 def start_app(model: Path | str, overrides: list[str]) -> str:
     """Ray (if not started) + Serve on a free port + the weldray app named APP; returns its URL."""
     from ray import serve
@@ -311,7 +338,9 @@ def main() -> None:
     parser.add_argument("--model")
     parser.add_argument("--requests", type=int, default=300, help="requests per scenario")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--scenarios", default="sigkill,ray_kill,sigterm")
+    parser.add_argument("--sustained", type=int, default=2000, help="requests of the sustained scenario")
+    parser.add_argument("--sustained-concurrency", type=int, default=32)
+    parser.add_argument("--scenarios", default="sustained,sigkill,ray_kill,sigterm")
     parser.add_argument("overrides", nargs="*", help="serve.* overrides for the Serve app")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
@@ -327,14 +356,16 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else _model(Path(tmp))
-        in_process = [s for s in scenarios if s in ("sigkill", "ray_kill")]
+        in_process = [s for s in scenarios if s in ("sustained", "sigkill", "ray_kill")]
         if in_process:
             import ray
             from ray import serve
 
             try:
                 url = start_app(model, args.overrides)
-                for how in in_process:
+                if "sustained" in in_process:
+                    done(asyncio.run(sustained_scenario(url, payloads, args.sustained_concurrency, args.sustained)))
+                for how in (s for s in in_process if s != "sustained"):
                     done(asyncio.run(kill_replica_scenario(url, payloads, how, args.concurrency, args.requests)))
             finally:
                 serve.shutdown()
@@ -345,9 +376,9 @@ def main() -> None:
                 done(asyncio.run(sigterm_scenario(proc, url, payloads, args.concurrency, args.requests)))
             finally:
                 stop_cli(proc)
-    console.print(table(rows, f"Faults under load: concurrency {args.concurrency}, {args.requests} "
-                                         f"requests per scenario, overrides {args.overrides or 'none'}, load avg "
-                                         f"{min(load_avg):.1f}-{max(load_avg):.1f}"))
+    console.print(table(rows, f"Load and faults: faults at concurrency {args.concurrency}, {args.requests} requests "
+                              f"per fault scenario, overrides {args.overrides or 'none'}, load avg "
+                              f"{min(load_avg):.1f}-{max(load_avg):.1f}"))
 
 
 if __name__ == "__main__":
