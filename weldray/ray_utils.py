@@ -62,15 +62,16 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
 
     haproxy: Ray's HAProxy ingress, which implies direct ingress (each ingress replica runs its own
     HTTP server and HAProxy forwards to it), run through ``weldray-haproxy``
-    (:mod:`weldray.inference.haproxy`), which holds each request whole so that HAProxy can retry it on another
-    replica (``serve.retries``, ``serve.retry_body_bytes``) when its own dies. HAProxy's stats and Prometheus
-    listeners and Serve's fallback proxy get free ports instead of the fixed 8404 / 9101 / 8500, so that several
-    local instances can run side by side. Either way the proxy gets 30 s instead of 5 s to report ready: on a busy
-    2-core machine HAProxy's manager actor takes longer than that to start, and three missed checks kill it.
+    (:mod:`weldray.inference.haproxy`), which holds each upload whole so that HAProxy can retry it on another
+    replica (``serve.retries``, ``serve.retry_body_bytes``) when its own dies, and binds HAProxy's stats and
+    Prometheus listeners to ``serve.host``. Those listeners and Serve's fallback proxy get free ports instead of
+    the fixed 8404 / 9101 / 8500, so that several local instances can run side by side. Either way the proxy gets
+    30 s instead of 5 s to report ready: on a busy 2-core machine HAProxy's manager actor takes longer than that to
+    start, and three missed checks kill it.
     Variables already set in the environment win (a ``RAY_SERVE_HAPROXY_BINARY_PATH`` of your own runs that HAProxy
     as is, without the launcher: set ``WELDRAY_HAPROXY_BINARY`` instead to keep it).
     """
-    from weldray.inference.haproxy import ENV_BINARY, ENV_BODY_BYTES, ENV_BODY_TIMEOUT, LAUNCHER
+    from weldray.inference.haproxy import ENV_ADMIN_HOST, ENV_BINARY, ENV_BODY_BYTES, ENV_BODY_TIMEOUT, LAUNCHER
 
     patient = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30"}
     if cfg.ingress == "proxy":
@@ -92,6 +93,7 @@ def serve_environment(cfg: ServeConfig) -> dict[str, str]:
         "RAY_SERVE_HAPROXY_BINARY_PATH": launcher,
         ENV_BODY_TIMEOUT: str(cfg.body_timeout_s),
         ENV_BODY_BYTES: str(cfg.retry_body_bytes),
+        ENV_ADMIN_HOST: cfg.host,  # HAProxy's stats and metrics listeners: not on every interface
         # A request whose replica refused the connection or closed it without an answer goes to another one.
         "RAY_SERVE_HAPROXY_RETRY_ON": "conn-failure empty-response" if cfg.retries else "none",
         "RAY_SERVE_HAPROXY_RETRIES": str(cfg.retries),

@@ -22,11 +22,18 @@ defaults
     option redispatch 1
     retry-on conn-failure empty-response
     retries 1
+frontend prometheus
+    bind :18081
+    mode http
+    http-request use-service prometheus-exporter if { path /metrics }
 frontend http_frontend
     bind 127.0.0.1:18080
     default_backend b
 backend b
     server s1 127.0.0.1:1
+listen stats
+  bind *:18082
+  stats enable
 """
 
 
@@ -40,6 +47,14 @@ def test_the_config_holds_small_uploads_whole_once() -> None:
     for broken in ("global\n    maxconn 1\n", RAY_CONFIG.replace("frontend http_frontend", "frontend other")):
         with pytest.raises(launcher.LauncherError, match="template changed"):
             launcher.buffered_config(broken, 2.5, 4096, "/x/408.http")
+
+
+def test_listeners_on_every_interface_move_to_the_admin_host() -> None:
+    binds = lambda text: [line.split()[1] for line in text.splitlines() if line.strip().startswith("bind ")]  # noqa: E731
+    assert binds(launcher.buffered_config(RAY_CONFIG, 3, 4096, "/x/408.http")) == [":18081", "127.0.0.1:18080",
+                                                                                   "*:18082"]
+    local = launcher.buffered_config(RAY_CONFIG, 3, 4096, "/x/408.http", admin_host="127.0.0.1")
+    assert binds(local) == ["127.0.0.1:18081", "127.0.0.1:18080", "127.0.0.1:18082"]
 
 
 def test_the_408_page_is_the_apps_json_error() -> None:
@@ -83,6 +98,6 @@ def test_haproxy_accepts_the_extended_config(tmp_path: Path) -> None:
     errorfile = tmp_path / launcher.ERRORFILE_408
     errorfile.write_bytes(launcher.error_408(3.0))
     config = tmp_path / "haproxy.cfg"
-    config.write_text(launcher.buffered_config(RAY_CONFIG, 3.0, 4096, str(errorfile)))
+    config.write_text(launcher.buffered_config(RAY_CONFIG, 3.0, 4096, str(errorfile), admin_host="127.0.0.1"))
     check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr

