@@ -82,10 +82,11 @@ def test_trials_at_once_follow_the_cluster(ray_local: None) -> None:
     from weldray.sweep.run import max_concurrent
     from weldray.sweep.space import load_space
 
+    # 2 CPUs: a trial's worker (1.5 CPUs, quick_test) and its Ray Data tasks (0.5) fill the machine.
+    full = load_space("smoke", ["training.cpus_per_worker=1.5"])
+    assert max_concurrent(full, load_config(full.overrides)) == 1
+    # smoke.yaml as shipped: half a CPU for the worker and half for Ray Data, two trials at once.
     study = load_space("smoke")
-    # 2 CPUs: a trial's worker (1.5 CPUs) and its Ray Data tasks (0.5) fill the machine.
-    assert max_concurrent(study, load_config(study.overrides)) == 1
-    small = load_space("smoke", ["training.cpus_per_worker=0.5", "training.data_cpus=0.25"])
-    assert max_concurrent(small, load_config(small.overrides)) == 2
+    assert max_concurrent(study, load_config(study.overrides)) == 2
     fixed = load_space("smoke", ["sweep.max_concurrent=3"])
     assert max_concurrent(fixed, load_config(fixed.overrides)) == 3

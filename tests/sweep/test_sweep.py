@@ -151,6 +151,9 @@ def test_killed_sweep_continues_without_rerunning_finished_trials(procedural_dir
     args = [
         "smoke", str(procedural_dir), f"output_dir={tmp_path}", "sweep.num_samples=3", "sweep.top_k=0",
         "sweep.scheduler=none",
+        # One trial at a time, so that the first has long been recorded as finished when the driver dies (Tune
+        # saves its experiment state every 10 s or so: a trial finished just before a kill may run again).
+        "sweep.max_concurrent=1",
     ]
     tune_dir = tmp_path / "sweeps" / "smoke" / "tune"
     driver = subprocess.Popen(

@@ -302,3 +302,14 @@ def test_killed_driver_resumes_on_the_same_command(procedural_dir: Path, tmp_pat
     assert resumed["epochs_run"] == plain["epochs_run"] == 3
     assert resumed["history"][-1]["resumed_from"] >= 1  # started from the killed run's checkpoint, not over
     assert all(h["resumed_from"] == 0 for h in plain["history"])
+
+
+def test_concurrent_runs_raise_the_runs_own_error(tmp_path: Path, ray_local: None) -> None:
+    """Training runs driven by Ray tasks (the sweep's confirmation): a run's error reaches the caller as itself,
+    not wrapped, and is not retried."""
+    from weldray.training.cv import train_runs
+
+    missing = tmp_path / "missing.parquet"
+    cfg = load_config(["profile=quick_test", f"data.root={missing}", f"output_dir={tmp_path}"])
+    with pytest.raises(FileNotFoundError, match="no manifest at .*missing.parquet"):
+        train_runs([cfg, cfg], concurrent=2)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from weldray.config import load_config
+from weldray.config import WeldrayConfig, load_config
 from weldray.sweep.space import Study
 
 log = logging.getLogger(__name__)
@@ -88,24 +88,46 @@ def candidate_overrides(study: Study, table: Any, k: int) -> dict[str, list[str]
 def cross_validate_candidates(
     study: Study, candidates: dict[str, list[str]], data_root: str, sweep_dir: Path
 ) -> dict[str, list[float]]:
-    """Balanced accuracy per fold of each candidate via ``weldray cv`` (summaries in ``<sweep_dir>/cv/``); a
-    candidate whose summary of the same recipe and folds exists is not re-run (a resumed sweep)."""
-    from weldray.training.cv import cross_validate, cv_summary_path, recipe_fingerprint
+    """Balanced accuracy per fold of each candidate, as ``weldray cv`` measures it (summaries in
+    ``<sweep_dir>/cv/``); a candidate whose summary of the same recipe and folds exists is not re-run (a resumed
+    sweep). Every fold of every candidate is one training run, and they run as many at once as the cluster holds
+    (the search's rule, :func:`weldray.sweep.run.max_concurrent`)."""
+    from weldray.sweep.run import max_concurrent
+    from weldray.training.cv import (
+        cv_summary_path,
+        fold_config,
+        recipe_fingerprint,
+        summarize_folds,
+        train_runs,
+    )
 
-    scores = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    todo: dict[str, tuple[WeldrayConfig, list[int]]] = {}
     for label, overrides in candidates.items():
         cfg = load_config([*overrides, f"data.root={data_root}", f"output_dir={sweep_dir}"])
         folds = study.sweep.confirm_folds or list(range(cfg.data.n_folds))
-        name = f"confirm-{label}"
-        path = cv_summary_path(cfg, name)
+        path = cv_summary_path(cfg, f"confirm-{label}")
         summary = json.loads(path.read_text()) if path.is_file() else None
-        if not (
+        if (
             summary
             and summary["recipe_fingerprint"] == recipe_fingerprint(cfg)
             and [f["fold"] for f in summary["folds"]] == folds
         ):
-            log.info("confirmation: %s, %d-fold cross-validation", label, len(folds))
-            summary = cross_validate(cfg, folds, name=name)
-        scores[label] = [f["balanced_accuracy"] for f in summary["folds"]]
+            summaries[label] = summary
+        else:
+            todo[label] = (cfg, folds)
+    if todo:
+        runs = [(label, fold_config(cfg, k, f"confirm-{label}")) for label, (cfg, folds) in todo.items() for k in folds]
+        concurrent = max_concurrent(study, runs[0][1])
+        log.info("confirmation: %d candidate(s) x %d fold(s), %d training runs at once", len(todo),
+                 len(runs) // len(todo), concurrent)
+        run_dirs = dict(zip((c.training.run_name for _, c in runs), train_runs([c for _, c in runs], concurrent),
+                            strict=True))
+        for label, (cfg, folds) in todo.items():
+            name = f"confirm-{label}"
+            summaries[label] = summarize_folds(cfg, folds, name, [run_dirs[f"{name}-fold{k}"] for k in folds])
+    scores = {}
+    for label in candidates:
+        scores[label] = [f["balanced_accuracy"] for f in summaries[label]["folds"]]
         log.info("confirmation: %s CV balanced accuracy %.3f", label, float(np.mean(scores[label])))
     return scores

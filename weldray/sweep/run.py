@@ -74,18 +74,11 @@ def run_trial(params: dict[str, Any], *, study: Study, sweep_dir: str, data_root
 
 
 def max_concurrent(study: Study, cfg: WeldrayConfig) -> int:
-    """Trials at once: ``sweep.max_concurrent``, else as many as the cluster's CPUs hold, each trial needing its
-    Train workers' placement group and its Ray Data CPUs at the same time (one at a time on 2 cores)."""
-    import ray
+    """Trials (and confirmation runs) at once: ``sweep.max_concurrent``, else as many training runs as the cluster
+    holds (:func:`weldray.training.trainer.runs_at_once`)."""
+    from weldray.training.trainer import runs_at_once
 
-    from weldray.training.trainer import scaling_plan
-
-    if study.sweep.max_concurrent:
-        return study.sweep.max_concurrent
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
-    plan = scaling_plan(cfg, ray.cluster_resources(), nodes)
-    per_trial = plan["num_workers"] * plan["cpus_per_worker"] + cfg.training.data_cpus
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    return study.sweep.max_concurrent or runs_at_once(cfg)
 
 
 def _searcher(study: Study, concurrent: int) -> Any:

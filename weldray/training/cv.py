@@ -42,22 +42,69 @@ def cv_summary_path(cfg: WeldrayConfig, name: str | None = None) -> Path:
     return Path(cfg.output_dir) / "cv" / f"{name or cv_name(cfg)}.json"
 
 
-def cross_validate(
-    cfg: WeldrayConfig, folds: list[int] | None = None, *, name: str | None = None
-) -> dict[str, Any]:
-    """Train one run per fold; returns (and writes ``<output_dir>/cv/<name>.json``) per-fold and mean +- std
-    balanced accuracy on the held-out folds, and the pooled out-of-fold figures with the temperature fitted
-    on them (``oof_temperature``) and their report (``<output_dir>/cv/<name>/report.md``)."""
-    from weldray.evaluation.metrics import fit_temperature
-    from weldray.evaluation.report import read_predictions, report_from_logits
+def fold_config(cfg: WeldrayConfig, fold: int, name: str) -> WeldrayConfig:
+    """The training run of ``cfg`` with ``fold`` held out, named ``<name>-fold<fold>``."""
+    return replace(cfg, training=replace(cfg.training, cv_fold=fold, run_name=f"{name}-fold{fold}"))
+
+
+def _train_in_task(cfg: WeldrayConfig) -> str:
     from weldray.training.trainer import train
 
+    return str(train(cfg, progress=False))
+
+
+def train_runs(cfgs: list[WeldrayConfig], concurrent: int = 1) -> list[Path]:
+    """The run directory of each config's training run, in order. With ``concurrent`` > 1, that many run at once,
+    each driven by a Ray task (no CPU of its own) that starts its own Ray Train run, as Tune's trials do (what
+    fits at once: :func:`weldray.training.trainer.runs_at_once`). The configs' data must already be resolved (a
+    manifest: concurrent runs must not ingest one folder at the same time). A run's error is raised as itself, and
+    nothing is retried."""
+    from weldray.training.trainer import train
+
+    if concurrent <= 1 or len(cfgs) == 1:
+        return [train(c) for c in cfgs]
+    import ray
+
+    remote = ray.remote(num_cpus=0, max_retries=0)(_train_in_task)
+    done: dict[int, Path] = {}
+    pending: dict[Any, int] = {}
+    todo = list(range(len(cfgs)))
+    while todo or pending:
+        while todo and len(pending) < concurrent:
+            i = todo.pop(0)
+            pending[remote.remote(cfgs[i])] = i
+            log.info("training %s (%d at once)", cfgs[i].training.run_name, concurrent)
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ready[0])
+        try:
+            done[i] = Path(ray.get(ready[0]))
+        except ray.exceptions.RayTaskError as exc:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise exc.as_instanceof_cause() from None
+        log.info("%s done: %s", cfgs[i].training.run_name, done[i])
+    return [done[i] for i in range(len(cfgs))]
+
+
+def cross_validate(cfg: WeldrayConfig, folds: list[int] | None = None, *, name: str | None = None) -> dict[str, Any]:
+    """Train one run per fold, one after another; returns (and writes
+    ``<output_dir>/cv/<name>.json``) per-fold and mean +- std balanced accuracy on the held-out folds, and the
+    pooled out-of-fold figures with the temperature fitted on them (``oof_temperature``) and their report
+    (``<output_dir>/cv/<name>/report.md``)."""
     folds = list(range(cfg.data.n_folds)) if folds is None else folds
     name = name or cv_name(cfg)
+    run_dirs = train_runs([fold_config(cfg, k, name) for k in folds])
+    return summarize_folds(cfg, folds, name, run_dirs)
+
+
+def summarize_folds(cfg: WeldrayConfig, folds: list[int], name: str, run_dirs: list[Path]) -> dict[str, Any]:
+    """The CV summary of fold runs that have finished (``run_dirs[i]`` held out ``folds[i]``); see
+    :func:`cross_validate`."""
+    from weldray.evaluation.metrics import fit_temperature
+    from weldray.evaluation.report import read_predictions, report_from_logits
+
     results, oof_rows, oof_logits = [], [], []
-    for k in folds:
-        fold_cfg = replace(cfg, training=replace(cfg.training, cv_fold=k, run_name=f"{name}-fold{k}"))
-        run_dir = train(fold_cfg)
+    for k, run_dir in zip(folds, run_dirs, strict=True):
         m = json.loads((run_dir / "metrics.json").read_text())
         row = {
             "fold": k,

@@ -62,6 +62,17 @@ def scaling_plan(
     }
 
 
+def runs_at_once(cfg: WeldrayConfig) -> int:
+    """Training runs of ``cfg`` that the connected Ray cluster holds at once: each needs its workers' placement
+    group and its Ray Data CPUs at the same time (one at a time on 2 cores with the cpu profile)."""
+    import ray
+
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    plan = scaling_plan(cfg, ray.cluster_resources(), nodes)
+    per_run = plan["num_workers"] * plan["cpus_per_worker"] + cfg.training.data_cpus
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // per_run))
+
+
 #: Ray Train runs the training function in a thread of each worker process, and glibc gives that thread a
 #: malloc arena of its own whose heaps stop at 64 MB: every activation tensor of every step becomes a fresh
 #: mmap (page faults, zeroing) instead of reused heap memory. One arena, the main one, serves the training
