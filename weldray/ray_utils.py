@@ -18,8 +18,9 @@ T = TypeVar("T")
 
 
 @contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the processes started inside the block only."""
+def scoped_environ(**values: str) -> Iterator[None]:
+    """Set environment variables inside the block only (for the processes it starts, and for libraries that read
+    them when the block runs)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
@@ -164,7 +165,7 @@ def init_ray(cfg: RayConfig, *, job_name: str | None = None, serve: ServeConfig 
     # and fail with "Found multiple active Ray instances" when another weldray command is running.
     gcs_port = _free_port()
     private = f"{ray.util.get_node_ip_address()}:{gcs_port}"
-    with _environ(RAY_GCS_SERVER_PORT=str(gcs_port)):
+    with scoped_environ(RAY_GCS_SERVER_PORT=str(gcs_port)):
         context = ray.init(
             address="local",
             num_cpus=cfg.num_cpus,

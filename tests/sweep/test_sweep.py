@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import REPO_ROOT
 from weldray.config import load_config
+from weldray.sweep.run import EXPERIMENT_SAVE_S
 from weldray.training.cv import recipe_fingerprint
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
@@ -151,28 +152,28 @@ def test_killed_sweep_continues_without_rerunning_finished_trials(procedural_dir
     args = [
         "smoke", str(procedural_dir), f"output_dir={tmp_path}", "sweep.num_samples=3", "sweep.top_k=0",
         "sweep.scheduler=none",
-        # One trial at a time, so that the first has long been recorded as finished when the driver dies (Tune
-        # saves its experiment state every 10 s or so: a trial finished just before a kill may run again).
-        "sweep.max_concurrent=1",
     ]
     tune_dir = tmp_path / "sweeps" / "smoke" / "tune"
+    runs_dir = tmp_path / "sweeps" / "smoke" / "runs"
     driver = subprocess.Popen(
         [*WELDRAY, "sweep", *args], env=_env(), cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        # Kill it while the second trial trains: the first has reported both epochs.
+        # Kill it while a trial trains, a few of Tune's experiment-state periods (EXPERIMENT_SAVE_S) after another
+        # trial's run finished (its metrics.json is the last file `weldray train` writes; two trials run at once).
         deadline = time.monotonic() + 1200
         while time.monotonic() < deadline:
-            done = _finished_trials(tune_dir)
-            if len(done) >= 2 and 2 in done.values() and driver.poll() is None:
+            done = {t: n for t, n in _finished_trials(tune_dir).items() if (runs_dir / t / "metrics.json").is_file()}
+            if done and len(_finished_trials(tune_dir)) > len(done) and driver.poll() is None:
                 break
             assert driver.poll() is None, "the sweep ended before it could be killed"
-            time.sleep(1)
+            time.sleep(0.5)
         else:
             pytest.fail("no trial finished in time")
-        before = {t: n for t, n in _finished_trials(tune_dir).items() if n == 2}
-        first = {t: (tune_dir / t / "result.json").read_text() for t in before}
+        first = {t: (tune_dir / t / "result.json").read_text() for t in done}
+        time.sleep(3 * float(EXPERIMENT_SAVE_S))
+        assert driver.poll() is None, "the sweep ended before it could be killed"
         tree = psutil.Process(driver.pid).children(recursive=True)
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()

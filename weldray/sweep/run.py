@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from weldray.config import ConfigError, WeldrayConfig, load_config
+from weldray.ray_utils import scoped_environ
 from weldray.sweep.space import Study
 
 log = logging.getLogger(__name__)
@@ -20,6 +22,9 @@ TIME_ATTR = "epochs_done"
 TUNE_DIR = "tune"
 #: Memory reserved for a trial's driver (the function trainable that runs ``train``), bytes.
 TRIAL_MEMORY = 512 * 1024**2
+#: Seconds between saves of Tune's experiment state (Tune's own period: 10 s or more). A continued sweep re-runs a
+#: trial that had finished after the last save; the save (a few small files) costs milliseconds.
+EXPERIMENT_SAVE_S = "1"
 
 
 def sweep_dir_for(study: Study, root: Path | None = None) -> Path:
@@ -193,4 +198,5 @@ def run_search(study: Study, data_root: str, sweep_dir: Path, callbacks: list[An
                 verbose=1,
             ),
         )
-    return tuner.fit()
+    with scoped_environ(TUNE_GLOBAL_CHECKPOINT_S=os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", EXPERIMENT_SAVE_S)):
+        return tuner.fit()
