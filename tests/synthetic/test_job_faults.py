@@ -15,7 +15,7 @@ import chaos_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
-PER_CLASS = 30
+PER_CLASS = 100  # 200 tasks, ~3 s of work: long enough for the killer to find the pool and strike mid-job
 TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "model.image_size=64", "data.n_folds=2",
         "synthetic.concurrency=2"]
 
@@ -29,7 +29,8 @@ def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def uninterrupted(ray_local: None, labelled: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("chaos_gen_ref") / "syn"
     figures, _ = chaos_pipeline.generate_scenario(labelled, out, None, PER_CLASS, TINY)
-    assert (figures.sent, figures.processed, figures.duplicates, figures.lost) == (60, 60, 0, 0), figures
+    n = 2 * PER_CLASS
+    assert (figures.sent, figures.processed, figures.duplicates, figures.lost) == (n, n, 0, 0), figures
     return chaos_pipeline._digest(out, "_synthetic/candidates/*/*.jpg")
 
 
@@ -41,7 +42,7 @@ def test_an_actor_killed_mid_job_leaves_every_task_generated_once(
                                                     baseline=uninterrupted)
     print(figures)
     assert figures.kill and figures.kill["outputs_before"] < 2 * PER_CLASS, figures  # struck mid-job
-    assert (figures.sent, figures.processed, figures.rejected) == (60, 60, 0)
+    assert (figures.sent, figures.processed, figures.rejected) == (2 * PER_CLASS, 2 * PER_CLASS, 0)
     assert figures.duplicates == 0 and figures.lost == 0, figures
-    assert len(rec) == 60 and not rec.duplicated(["source", "seed"]).any()
+    assert len(rec) == 2 * PER_CLASS and not rec.duplicated(["source", "seed"]).any()
     assert figures.same_as_uninterrupted

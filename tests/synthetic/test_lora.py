@@ -52,8 +52,9 @@ def test_training_lowers_the_loss_and_writes_a_diffusers_lora(trained_lora: Path
 
     log = json.loads((trained_lora / TRAIN_LOG_NAME).read_text())
     assert len(log["losses"]) == 10 and all(np.isfinite(log["losses"]))
-    # Same images, noise and timesteps before and after: a lower loss is what the LoRA learnt.
-    assert log["eval_loss_after"] < 0.98 * log["eval_loss_before"]  # 3-8 % lower over seeds 3-5
+    # Same images, noise and timesteps before and after: a lower loss is what the LoRA learnt (deterministic by
+    # seed, the adapter's initial weights included, whatever the tests before it drew).
+    assert log["eval_loss_after"] < 0.98 * log["eval_loss_before"]  # 4-7 % lower over seeds 3-6
     assert log["captions"] == {"bad_weld": class_prompt("bad_weld"), "good_weld": class_prompt("good_weld")}
     assert log["images_per_label"] == {"good_weld": 3, "bad_weld": 3}
     # Lineage: which real photos influenced the LoRA (and so every image generated with it).

@@ -85,11 +85,13 @@ class LoraTrainer:
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.unet):
             module.requires_grad_(False)
         self.unet = pipe.unet
-        self.unet.add_adapter(
-            LoraConfig(
-                r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights=True, target_modules=TARGET_MODULES
+        with torch.random.fork_rng(devices=[]):  # the adapter's initial weights follow the seed, not the caller's RNG
+            torch.manual_seed(cfg.seed)
+            self.unet.add_adapter(
+                LoraConfig(
+                    r=cfg.lora_rank, lora_alpha=cfg.lora_rank, init_lora_weights=True, target_modules=TARGET_MODULES
+                )
             )
-        )
         cast_training_params(self.unet, dtype=torch.float32)  # trainable LoRA weights in fp32 under fp16 autocast
         if self.device.type == "cuda":
             self.unet.enable_gradient_checkpointing()
