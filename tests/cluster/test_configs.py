@@ -124,16 +124,13 @@ def _assignments(text: str) -> dict[str, str]:
     return {k: v.strip("'\"") for k, v in re.findall(r"(\w+)=('[^']*'|\"[^\"]*\"|\$\([^)]*\)|[^\s\\]+)", text)}
 
 
-def _local_retry_env() -> dict[str, str]:
+def test_cluster_nodes_retry_like_weldray_serve() -> None:
+    """Every node starts Serve's HAProxy through weldray-haproxy with the retry settings `weldray serve` uses."""
     from weldray.config import ServeConfig
     from weldray.ray_utils import serve_environment
 
-    return {k: serve_environment(ServeConfig())[k] for k in RETRY_KEYS}
-
-
-def test_cluster_nodes_retry_like_weldray_serve() -> None:
-    """Every node starts Serve's HAProxy through weldray-haproxy with the retry settings `weldray serve` uses."""
-    wanted = _local_retry_env()
+    local = serve_environment(ServeConfig())
+    wanted = {k: local[k] for k in RETRY_KEYS}
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
         start = next(c for c in _launcher()[key] if "ray start" in c)
         env = _assignments(start.split("ray start")[0])

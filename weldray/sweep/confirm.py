@@ -117,15 +117,12 @@ def cross_validate_candidates(
         else:
             todo[label] = (cfg, folds)
     if todo:
-        runs = [(label, fold_config(cfg, k, f"confirm-{label}")) for label, (cfg, folds) in todo.items() for k in folds]
-        concurrent = max_concurrent(study, runs[0][1])
-        log.info("confirmation: %d candidate(s) x %d fold(s), %d training runs at once", len(todo),
-                 len(runs) // len(todo), concurrent)
-        run_dirs = dict(zip((c.training.run_name for _, c in runs), train_runs([c for _, c in runs], concurrent),
-                            strict=True))
+        cfgs = [fold_config(cfg, k, f"confirm-{label}") for label, (cfg, folds) in todo.items() for k in folds]
+        concurrent = max_concurrent(study, cfgs[0])
+        log.info("confirmation: %d candidate(s), %d training runs, %d at once", len(todo), len(cfgs), concurrent)
+        run_dirs = iter(train_runs(cfgs, concurrent))  # in the order of cfgs: candidate by candidate, fold by fold
         for label, (cfg, folds) in todo.items():
-            name = f"confirm-{label}"
-            summaries[label] = summarize_folds(cfg, folds, name, [run_dirs[f"{name}-fold{k}"] for k in folds])
+            summaries[label] = summarize_folds(cfg, folds, f"confirm-{label}", [next(run_dirs) for _ in folds])
     scores = {}
     for label in candidates:
         scores[label] = [f["balanced_accuracy"] for f in summaries[label]["folds"]]
