@@ -44,10 +44,10 @@ browser:
 	  echo "chromium not installed: the web inspector's browser test will be skipped"
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "slow and not gpu" --timeout 1800 $(PYTEST_ARGS)
 
 test-all: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --timeout 1800 $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check weldray jobs tests benchmarks

@@ -14,6 +14,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # 10 s patience (tests/serve/test_hostile.py). HAProxy enforces it for the bodies it holds (weldray-haproxy), and
 # reads it when Ray starts: the session's Ray gets it too, as `weldray serve` gives its Ray its own.
 SERVE_BODY_TIMEOUT_S = 3.0
+# No test reaches the network: MLflow 3 otherwise sends usage data from the training worker that logs a run.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 REAL_WELDS = Path(os.environ.get("WELDRAY_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "welds"))
 
 
@@ -46,8 +48,38 @@ def ray_local() -> Iterator[None]:
     from weldray.ray_utils import init_ray
 
     init_ray(RayConfig(num_cpus=2), serve=ServeConfig(body_timeout_s=SERVE_BODY_TIMEOUT_S))
+    _session_ray.append(ray.get_runtime_context().gcs_address)
     yield
     ray.shutdown()
+
+
+_session_ray: list[str] = []  # the GCS address of ray_local's instance, once started
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_frees_the_session_ray(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails a test module that leaves CPUs of the session's Ray held (a leaked actor or placement group): the
+    tests after it that train would otherwise wait for those CPUs until their timeout, one after another. The
+    Serve tests hold their app's replicas across their package, on purpose."""
+    yield
+    import ray
+
+    if not _session_ray or request.module.__name__.startswith("tests.serve."):
+        return
+    if not ray.is_initialized() or ray.get_runtime_context().gcs_address != _session_ray[0]:
+        return
+    from tests.ray_checks import held_after
+
+    _, held = held_after("", timeout_s=15.0, cpus_only=True)
+    if held:
+        from ray.util.state import list_actors, list_placement_groups
+
+        holders = [f"{a.class_name} (pid {a.pid}, {a.required_resources})"
+                   for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True) if a.required_resources]
+        groups = [f"{g.name or g.placement_group_id} {g.bundles}"
+                  for g in list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True)]
+        pytest.fail(f"{request.module.__name__} left {held:g} CPUs of the session's Ray held; actors: {holders}; "
+                    f"placement groups: {groups}")
 
 
 @pytest.fixture()

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from tests.ray_checks import held_after
+
 pytestmark = pytest.mark.ray
 
 
@@ -113,14 +115,15 @@ class _Udf:
         return {"i": batch["i"], "twice": batch["i"] * 2}
 
 
-def _collect(items: list[int], **udf_kwargs) -> list[dict]:  # type: ignore[no-untyped-def]
+def _collect(items: list[int], size: int = 1, **udf_kwargs) -> list[dict]:  # type: ignore[no-untyped-def]
     import ray
 
-    from weldray.ray_utils import collect_rows, map_with_actor_pool
+    from weldray.ray_utils import PoolActors, collect_rows, map_with_actor_pool
 
-    def dataset(todo: list[int]):  # type: ignore[no-untyped-def]
+    def dataset(todo: list[int], actors: PoolActors):  # type: ignore[no-untyped-def]
         ds = ray.data.from_items([{"i": i} for i in todo], override_num_blocks=4)
-        return map_with_actor_pool(ds, _Udf, 1, fn_constructor_kwargs=udf_kwargs, batch_size=2, num_cpus=0.25)
+        return map_with_actor_pool(ds, _Udf, size, actors, fn_constructor_kwargs=udf_kwargs, batch_size=2,
+                                   num_cpus=0.25)
 
     return collect_rows(dataset, items, lambda i: i, lambda row: int(row["i"]), "test", str, progress=False)
 
@@ -133,6 +136,16 @@ def test_an_actor_lost_for_good_has_its_unfinished_items_run_again_once(ray_loca
     assert sorted(int(r["i"]) for r in rows) == list(range(12))  # each item exactly once
     assert all(r["twice"] == 2 * r["i"] for r in rows)
     assert (tmp_path / "exited").exists() and len(log.read_text().split()) > 12  # the lost batch ran again
+
+
+def test_an_aborted_execution_leaves_no_actor_holding_cpus(ray_local: None, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """After a lost actor aborted the execution, the pool's other actor is gone too, and every CPU is free again for
+    what comes next (the pipeline's training would otherwise wait for it forever), even while a log handler keeps
+    the records of the abort (caplog here)."""
+    with caplog.at_level("WARNING"):
+        rows = _collect(list(range(24)), size=2, log=str(tmp_path / "calls"), exit_once=str(tmp_path / "exited"))
+    assert sorted(int(r["i"]) for r in rows) == list(range(24)) and (tmp_path / "exited").exists()
+    assert held_after("_Udf") == ([], 0.0)
 
 
 def test_a_python_exception_in_the_udf_fails_at_once_without_a_rerun(ray_local: None, tmp_path) -> None:  # type: ignore[no-untyped-def]

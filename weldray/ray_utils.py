@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import sys
+import uuid
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -196,23 +197,50 @@ ACTOR_TASK_RETRIES = 3
 POOL_RERUNS = 2
 
 
-def map_with_actor_pool(ds: Any, udf: type, size: int, **kwargs: Any) -> Any:
-    """``ds.map_batches(udf, compute=ActorPoolStrategy(size=size), **kwargs)`` whose actors are restarted after a
-    crash and retry its task ACTOR_TASK_RETRIES times. Ray 2.60 takes ``max_restarts`` / ``max_task_retries`` only as
-    ``ray_remote_args`` (deprecated, to be removed in Ray 2.64; 2.60 has no named parameter for them): its warning
-    is silenced."""
+class PoolActors:
+    """Names for the actors of one Ray Data actor pool (``ray_remote_args_fn``), so that each execution's actors can
+    be killed when it ends (:meth:`kill`).
+
+    Ray Data releases a pool's actors by dropping its handles, and an actor lives while anything references it or
+    the blocks it made: after an execution aborted on a lost actor, its other actors live on (the exception's
+    traceback holds them, and with it every log record of the error that a handler keeps) and hold their CPUs. A
+    later stage in the same driver (the pipeline's training) then waits for those CPUs forever."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        self.names: list[str] = []
+
+    def remote_args(self) -> dict[str, Any]:
+        self.names.append(f"{self.prefix}-{len(self.names)}")
+        return {"name": self.names[-1]}
+
+    def kill(self) -> None:
+        """Kill every actor named so far that still exists."""
+        import ray
+
+        for name in self.names:
+            with contextlib.suppress(ValueError):  # already gone
+                ray.kill(ray.get_actor(name))
+        self.names.clear()
+
+
+def map_with_actor_pool(ds: Any, udf: type, size: int, actors: PoolActors, **kwargs: Any) -> Any:
+    """``ds.map_batches(udf, compute=ActorPoolStrategy(size=size), **kwargs)`` whose actors are named by ``actors``,
+    restarted after a crash and retry its task ACTOR_TASK_RETRIES times. Ray 2.60 takes ``max_restarts`` /
+    ``max_task_retries`` only as ``ray_remote_args``, and per-actor options only as ``ray_remote_args_fn`` (both
+    deprecated, to be removed in Ray 2.64; 2.60 has no other way to set them): their warnings are silenced."""
     import warnings
 
     import ray
 
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*`ray_remote_args` is deprecated")
+        warnings.filterwarnings("ignore", message=r".*`ray_remote_args(_fn)?` is deprecated")
         return ds.map_batches(udf, compute=ray.data.ActorPoolStrategy(size=size), max_restarts=-1,
-                              max_task_retries=ACTOR_TASK_RETRIES, **kwargs)
+                              max_task_retries=ACTOR_TASK_RETRIES, ray_remote_args_fn=actors.remote_args, **kwargs)
 
 
 def collect_rows(
-    dataset: Callable[[list[T]], Any],
+    dataset: Callable[[list[T], PoolActors], Any],
     items: Sequence[T],
     key: Callable[[T], Hashable],
     row_key: Callable[[dict[str, Any]], Hashable],
@@ -221,8 +249,9 @@ def collect_rows(
     *,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every row of the Ray Dataset ``dataset(items)`` (one row per item) as it streams in, with a live bar on
-    stderr (done / total, ETA and ``info(row)`` of the latest row).
+    """Every row of the Ray Dataset ``dataset(items, actors)`` (one row per item) as it streams in, with a live bar
+    on stderr (done / total, ETA and ``info(row)`` of the latest row). The dataset's actor pool is named by
+    ``actors`` (:func:`map_with_actor_pool`), and its actors are killed when each execution ends, however it ends.
 
     When an actor of the dataset's pool is lost for good, Ray Data aborts the execution with a
     :class:`ray.exceptions.RayActorError`. The rows received until then stand (each is a finished item), and a new
@@ -248,9 +277,10 @@ def collect_rows(
     ) as bar:
         task = bar.add_task(name, total=len(todo), info="")
         reruns = 0
+        actors = PoolActors(name)
         while True:
             try:
-                for row in dataset(todo).iter_rows():
+                for row in dataset(todo, actors).iter_rows():
                     rows.append(dict(row))
                     done.add(row_key(rows[-1]))
                     bar.update(task, advance=1, info=info(rows[-1]))
@@ -269,3 +299,5 @@ def collect_rows(
                     "%s: an actor of the pool was lost (%s); running the %d of %d inputs without a result again",
                     name, type(exc).__name__, len(todo), len(items),
                 )
+            finally:
+                actors.kill()

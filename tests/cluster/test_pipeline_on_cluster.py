@@ -17,7 +17,7 @@ from tests.cluster.helpers import PIPELINE_OVERRIDES as OVERRIDES
 from weldray.cluster import jobs
 from weldray.cluster.local import LocalCluster
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 def test_pipeline_job_on_two_nodes(pipeline_cluster: LocalCluster, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from weldray.config import load_config
 from weldray.sweep.run import EXPERIMENT_SAVE_S
 from weldray.training.cv import recipe_fingerprint
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 WELDRAY = [str(Path(sys.executable).with_name("weldray"))]
 PNG = b"\x89PNG\r\n\x1a\n"

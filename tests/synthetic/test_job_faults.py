@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.ray_checks import held_after
 from tests.synthetic.helpers import write_labelled_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
@@ -46,3 +47,5 @@ def test_an_actor_killed_mid_job_leaves_every_task_generated_once(
     assert figures.duplicates == 0 and figures.lost == 0, figures
     assert len(rec) == 2 * PER_CLASS and not rec.duplicated(["source", "seed"]).any()
     assert figures.same_as_uninterrupted
+    # The pool's surviving actor went with the aborted execution: the next stage gets every CPU.
+    assert held_after("GenerateActor") == ([], 0.0)

@@ -144,7 +144,7 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
     (with the reason) when the generator cannot work on these sources."""
     import ray
 
-    from weldray.ray_utils import collect_rows, init_ray, map_with_actor_pool, own_ray
+    from weldray.ray_utils import PoolActors, collect_rows, init_ray, map_with_actor_pool, own_ray
 
     syn, endpoint = cfg.synthetic, cfg.data.s3_endpoint_url
     if syn.generator == "none":
@@ -176,11 +176,11 @@ def generate(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: bool 
             init_ray(cfg.ray, job_name="generate")
             ray.data.DataContext.get_current().enable_progress_bars = False
 
-            def dataset(part: list[Task]) -> Any:
+            def dataset(part: list[Task], actors: PoolActors) -> Any:
                 ds = ray.data.from_items([{"label": t.label, "source": t.source, "seed": t.seed} for t in part],
                                          override_num_blocks=max(1, min(len(part), 4 * syn.concurrency)))
                 return map_with_actor_pool(
-                    ds, GenerateActor, syn.concurrency,
+                    ds, GenerateActor, syn.concurrency, actors,
                     fn_constructor_kwargs=dict(cfg=cfg, sources=rows, output=output),
                     batch_size=syn.batch_size,
                     num_cpus=syn.num_cpus_per_actor,

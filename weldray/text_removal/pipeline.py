@@ -273,7 +273,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
     """Run the whole job on Ray Data; see the module docstring for what lands where."""
     import ray
 
-    from weldray.ray_utils import collect_rows, init_ray, map_with_actor_pool
+    from weldray.ray_utils import PoolActors, collect_rows, init_ray, map_with_actor_pool
     from weldray.text_removal.audit import write_audit
 
     tr, endpoint = cfg.text_removal, cfg.data.s3_endpoint_url
@@ -286,7 +286,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
     paths = [f[len("s3://") :] if wio.is_s3(f) else f for f in files]
     root = in_root.rstrip("/")
 
-    def dataset(todo: list[str]) -> Any:
+    def dataset(todo: list[str], actors: PoolActors) -> Any:
         # Fractional read CPUs: with the actor pool holding most of a small node, whole-CPU read tasks could
         # never be placed (seen on 1-CPU nodes) and the job would hang.
         ds = ray.data.read_binary_files(todo, filesystem=fs, include_paths=True, num_cpus=0.25)
@@ -294,6 +294,7 @@ def clean_dataset(input_uri: str, output: str, cfg: WeldrayConfig, *, progress: 
             ds,
             CleanActor,
             tr.concurrency,
+            actors,
             fn_constructor_kwargs=dict(
                 cfg=tr,
                 input_root=in_root,
