@@ -68,18 +68,11 @@ def _module_frees_the_session_ray(request: pytest.FixtureRequest) -> Iterator[No
         return
     if not ray.is_initialized() or ray.get_runtime_context().gcs_address != _session_ray[0]:
         return
-    from tests.ray_checks import held_after
+    from tests.ray_checks import held_after, holders
 
-    _, held = held_after("", timeout_s=15.0, cpus_only=True)
+    _, held = held_after(timeout_s=15.0)
     if held:
-        from ray.util.state import list_actors, list_placement_groups
-
-        holders = [f"{a.class_name} (pid {a.pid}, {a.required_resources})"
-                   for a in list_actors(filters=[("state", "!=", "DEAD")], detail=True) if a.required_resources]
-        groups = [f"{g.name or g.placement_group_id} {g.bundles}"
-                  for g in list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True)]
-        pytest.fail(f"{request.module.__name__} left {held:g} CPUs of the session's Ray held; actors: {holders}; "
-                    f"placement groups: {groups}")
+        pytest.fail(f"{request.module.__name__} left {held:g} CPUs of the session's Ray held; {holders()}")
 
 
 @pytest.fixture()
