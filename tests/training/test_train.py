@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from weldray.config import WeldrayConfig, load_config
 
@@ -114,6 +115,29 @@ def test_final_fit_takes_figures_and_temperature_from_the_out_of_fold_prediction
     assert meta.temperature == pytest.approx(expected)
     assert meta.metrics["cv_balanced_accuracy"] == pytest.approx(summary["oof"]["balanced_accuracy"])
     assert np.isfinite(summary["oof"]["nll"]) and Path(summary["report"]).is_file()
+
+
+def test_a_seed_ensemble_reuses_the_finished_cv_of_its_first_seed(
+    cv_and_final_fit: tuple[dict, Path], procedural_dir: Path
+) -> None:
+    """`weldray cv DATA --seeds 2` after `weldray cv DATA`: seed 42's CV is reused as it is, only seed 43's folds
+    train, and the ensemble's fold row keeps both members' figures."""
+    from weldray.training import cross_validate
+
+    first, _ = cv_and_final_fit
+    written = Path(first["path"]).stat().st_mtime_ns
+    cfg = _cfg(procedural_dir, Path(first["path"]).parents[1])
+    summary = cross_validate(cfg, [0], seeds=2)
+    assert Path(first["path"]).stat().st_mtime_ns == written
+    second = json.loads(Path(summary["members"][1]).read_text())
+    assert summary["members"][0] == first["path"] and second["path"] != first["path"]
+    run_dir = Path(second["folds"][0]["run_dir"])
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["seed"] == 43
+    assert json.loads((run_dir / "metrics.json").read_text())["n_test"] == summary["oof"]["n"]
+    assert summary["folds"][0]["member_balanced_accuracy"] == [
+        first["folds"][0]["balanced_accuracy"], second["folds"][0]["balanced_accuracy"]
+    ]
+    assert summary["name"].endswith("-2seeds") and Path(summary["report"]).is_file()
 
 
 def test_export_writes_a_model_card_whose_command_rebuilds_the_recipe(

@@ -93,26 +93,15 @@ def cross_validate_candidates(
     sweep). Every fold of every candidate is one training run, and they run as many at once as the cluster holds
     (the search's rule, :func:`weldray.sweep.run.max_concurrent`)."""
     from weldray.sweep.run import max_concurrent
-    from weldray.training.cv import (
-        cv_summary_path,
-        fold_config,
-        recipe_fingerprint,
-        summarize_folds,
-        train_runs,
-    )
+    from weldray.training.cv import finished_summary, fold_config, summarize_folds, train_runs
 
     summaries: dict[str, dict[str, Any]] = {}
     todo: dict[str, tuple[WeldrayConfig, list[int]]] = {}
     for label, overrides in candidates.items():
         cfg = load_config([*overrides, f"data.root={data_root}", f"output_dir={sweep_dir}"])
         folds = study.sweep.confirm_folds or list(range(cfg.data.n_folds))
-        path = cv_summary_path(cfg, f"confirm-{label}")
-        summary = json.loads(path.read_text()) if path.is_file() else None
-        if (
-            summary
-            and summary["recipe_fingerprint"] == recipe_fingerprint(cfg)
-            and [f["fold"] for f in summary["folds"]] == folds
-        ):
+        summary = finished_summary(cfg, f"confirm-{label}", folds)
+        if summary:
             summaries[label] = summary
         else:
             todo[label] = (cfg, folds)

@@ -45,6 +45,10 @@ def cv(
     ensemble: bool = typer.Option(
         False, "--ensemble", help="Also export the fold models as one ONNX graph (mean calibrated probabilities)."
     ),
+    seeds: int = typer.Option(
+        1, min=1, help="Cross-validate the ensemble of this many seeds (seed, seed+1, ...): one CV per seed, "
+        "finished ones reused, and the ensemble's out-of-fold figures.",
+    ),
 ) -> None:
     """K-fold group cross-validation: one `weldray train` run per fold, each fold held out once;
     prints per-fold and mean balanced accuracy, and the summary JSON path last."""
@@ -53,16 +57,28 @@ def cv(
     from weldray.training import cross_validate
     from weldray.training.cv import export_fold_ensemble
 
+    if ensemble and seeds > 1:
+        raise typer.BadParameter(
+            "--ensemble exports one CV's fold models; run it without --seeds", param_hint="--ensemble"
+        )
     with exit_on_user_error():
         with own_ray():
             cfg = load_config([*(overrides or []), f"data.root={data}"])
-            summary = cross_validate(cfg, [int(f) for f in folds.split(",")] if folds else None, name=name)
+            summary = cross_validate(
+                cfg, [int(f) for f in folds.split(",")] if folds else None, name=name, seeds=seeds
+            )
         result = export_fold_ensemble(cfg, summary) if ensemble else None
     for row in summary["folds"]:
-        print(f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}")
+        members = row.get("member_balanced_accuracy")
+        of_members = f"  (its {len(members)} seeds: {' '.join(f'{b:.3f}' for b in members)})" if members else ""
+        print(
+            f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}"
+            + of_members
+        )
     print(
         f"mean balanced accuracy {summary['balanced_accuracy_mean']:.3f} "
         f"+- {summary['balanced_accuracy_std']:.3f} over {len(summary['folds'])} folds"
+        + (f" (a seed alone: {summary['member_balanced_accuracy_mean']:.3f})" if seeds > 1 else "")
     )
     if result is not None:
         print(f"summary: {summary['path']}")

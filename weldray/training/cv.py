@@ -86,12 +86,43 @@ def train_runs(cfgs: list[WeldrayConfig], concurrent: int = 1) -> list[Path]:
     return [done[i] for i in range(len(cfgs))]
 
 
-def cross_validate(cfg: WeldrayConfig, folds: list[int] | None = None, *, name: str | None = None) -> dict[str, Any]:
+def finished_summary(cfg: WeldrayConfig, name: str, folds: list[int]) -> dict[str, Any] | None:
+    """The summary ``<name>.json`` if it is a CV of this recipe over these folds (a resumed job does not
+    re-run it), else None."""
+    path = cv_summary_path(cfg, name)
+    summary = json.loads(path.read_text()) if path.is_file() else None
+    if (
+        summary
+        and summary.get("recipe_fingerprint") == recipe_fingerprint(cfg)
+        and [f["fold"] for f in summary["folds"]] == folds
+    ):
+        return summary
+    return None
+
+
+def cross_validate(
+    cfg: WeldrayConfig, folds: list[int] | None = None, *, name: str | None = None, seeds: int = 1
+) -> dict[str, Any]:
     """Train one run per fold, one after another; returns (and writes
     ``<output_dir>/cv/<name>.json``) per-fold and mean +- std balanced accuracy on the held-out folds, and the
     pooled out-of-fold figures with the temperature fitted on them (``oof_temperature``) and their report
-    (``<output_dir>/cv/<name>/report.md``)."""
+    (``<output_dir>/cv/<name>/report.md``).
+
+    With ``seeds`` > 1, the CV of the ensemble of that many seeds (``cfg.seed``, ``cfg.seed + 1``, ...): one CV
+    per seed (``<name>-seed<s>``; without a name, each seed's own default name, the CV that ``weldray train``
+    of that seed finds), reusing any already finished, then :func:`summarize_seed_ensemble`. Every member of a
+    fold's ensemble trained without that fold, so its figures are honest outer-CV figures."""
     folds = list(range(cfg.data.n_folds)) if folds is None else folds
+    if seeds > 1:
+        members = []
+        for seed in range(cfg.seed, cfg.seed + seeds):
+            member = replace(cfg, seed=seed)
+            member_name = f"{name}-seed{seed}" if name else cv_name(member)
+            done = finished_summary(member, member_name, folds)
+            if done:
+                log.info("seed %d: reusing the finished CV %s", seed, done["path"])
+            members.append(done or cross_validate(member, folds, name=member_name))
+        return summarize_seed_ensemble(cfg, members, name or f"{cv_name(cfg)}-{seeds}seeds")
     name = name or cv_name(cfg)
     run_dirs = train_runs([fold_config(cfg, k, name) for k in folds])
     return summarize_folds(cfg, folds, name, run_dirs)
@@ -149,6 +180,76 @@ def summarize_folds(cfg: WeldrayConfig, folds: list[int], name: str, run_dirs: l
     summary["report"] = str(out.with_suffix("") / "report.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     summary["path"] = str(out)
+    out.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _calibrated_predictions(run_dir: Path, temperature: float) -> tuple[pd.DataFrame, np.ndarray]:
+    """A fold run's test rows, sorted by path, and its single-view probabilities at ``temperature``."""
+    from weldray.evaluation.metrics import softmax
+    from weldray.evaluation.report import read_predictions
+
+    rows, logits = read_predictions(run_dir / "report")
+    order = rows["path"].argsort().to_numpy()
+    single = logits[order, 0] if logits.ndim == 3 else logits[order]
+    return rows.iloc[order].reset_index(drop=True), softmax(single, temperature)
+
+
+def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """The CV summary of an ensemble of member CVs over the same folds (one per seed): on each fold, the mean of
+    the members' probabilities (each calibrated by its own out-of-fold temperature) for the fold's photos, which
+    no member trained on. Besides the ensemble's figures, each fold's row keeps its members' balanced accuracies,
+    so the gain is read paired, fold by fold; writes ``<output_dir>/cv/<name>.json`` and ``<name>/report.md``."""
+    from weldray.evaluation.metrics import classification_metrics, fit_temperature
+    from weldray.evaluation.report import report_from_logits
+
+    folds = [f["fold"] for f in members[0]["folds"]]
+    if any([f["fold"] for f in m["folds"]] != folds for m in members):
+        raise ValueError(f"the member CVs of {name} do not cover the same folds: {[m['name'] for m in members]}")
+    classes = cfg.data.labels
+    results, oof_rows, oof_probs = [], [], []
+    for i, k in enumerate(folds):
+        preds = [_calibrated_predictions(Path(m["folds"][i]["run_dir"]), m["oof_temperature"]) for m in members]
+        rows = preds[0][0]
+        if any(not r["path"].equals(rows["path"]) for r, _ in preds):
+            raise ValueError(f"the member CVs of {name} held out different photos in fold {k}")
+        mean = np.mean([p for _, p in preds], axis=0)
+        metrics = classification_metrics(rows["label_index"].to_numpy(), mean, classes)
+        results.append(
+            {
+                "fold": k,
+                "balanced_accuracy": metrics["balanced_accuracy"],
+                "accuracy": metrics["accuracy"],
+                "roc_auc": metrics["roc_auc"],
+                "member_balanced_accuracy": [m["folds"][i]["balanced_accuracy"] for m in members],
+            }
+        )
+        oof_rows.append(rows.assign(fold=k))
+        oof_probs.append(mean)
+    bal = np.array([r["balanced_accuracy"] for r in results])
+    member_bal = np.array([r["member_balanced_accuracy"] for r in results])
+    rows = pd.concat(oof_rows, ignore_index=True)
+    log_probs = np.log(np.clip(np.concatenate(oof_probs), 1e-12, None))  # logits of the mean probabilities
+    temperature = fit_temperature(log_probs, rows["label_index"].to_numpy())
+    out = cv_summary_path(cfg, name)
+    report = report_from_logits(
+        log_probs, rows, classes, temperature, out.with_suffix(""),
+        title=f"{name}: out-of-fold predictions of an ensemble of {len(members)} seeds, {len(folds)} folds",
+        calibration=f"fitted on these {len(rows)} out-of-fold predictions of the ensemble",
+    )
+    summary: dict[str, Any] = {
+        "name": name,
+        "recipe_fingerprint": recipe_fingerprint(cfg),
+        "members": [m["path"] for m in members],
+        "folds": results,
+        "balanced_accuracy_mean": float(bal.mean()),
+        "balanced_accuracy_std": float(bal.std(ddof=1)) if len(bal) > 1 else 0.0,
+        "member_balanced_accuracy_mean": float(member_bal.mean()),
+        "oof_temperature": temperature,
+        "oof": {"n": len(rows), **{k: v for k, v in report["single_view"].items() if isinstance(v, float)}},
+        "report": str(out.with_suffix("") / "report.md"),
+        "path": str(out),
+    }
     out.write_text(json.dumps(summary, indent=2))
     return summary
 
