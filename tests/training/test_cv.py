@@ -81,3 +81,25 @@ def test_members_probabilities_are_not_the_ensembles_logits(cfg: WeldrayConfig) 
     rows.to_parquet(path, index=False)
     summary = summarize_seed_ensemble(cfg, members, "ens")
     assert summary["folds"][0]["balanced_accuracy"] == 1.0  # a mean of logits, [1.3, 16.7], errs on a.jpg
+
+
+def test_final_fits_of_consecutive_seeds_find_the_cv_of_their_ensemble(cfg: WeldrayConfig) -> None:
+    """`weldray export RUN RUN RUN` of the final fits of seeds 42-44 finds `weldray cv --seeds 3`'s figures (its
+    model card quotes them); other seeds or recipes do not."""
+    from dataclasses import asdict, replace
+
+    from weldray.export.model_card import _ensemble_figures
+    from weldray.training.cv import seed_ensemble_name, seed_ensemble_summary
+
+    tmp = Path(cfg.output_dir)
+    members = [_member(tmp, f"m{s}", p) for s, p in ((42, "b.jpg"), (43, "c.jpg"), (44, "d.jpg"))]
+    summary = summarize_seed_ensemble(cfg, members, seed_ensemble_name(cfg, 3))
+    fits = [replace(cfg, seed=s) for s in (44, 42, 43)]
+    assert seed_ensemble_summary(fits) == summary
+    assert seed_ensemble_summary([fits[1], fits[0]]) is None  # seeds 42 and 44
+    longer = replace(fits[2], training=replace(fits[2].training, epochs=99))
+    assert seed_ensemble_summary([fits[1], longer]) is None
+    line = _ensemble_figures([asdict(c) for c in fits])
+    assert "balanced accuracy 1.000 ± 0.000 over 1 folds (one seed alone: 0.750)" in line
+    assert summary["path"] in line
+    assert "not measured" in _ensemble_figures([asdict(fits[1]), asdict(longer)])

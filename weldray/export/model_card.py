@@ -116,6 +116,29 @@ def _metrics_section(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _ensemble_figures(configs: list[dict[str, Any] | None]) -> str:
+    """What measures an ensemble: the outer CV of the same ensemble of seeds (``weldray cv --seeds``) if run."""
+    from weldray.config import WeldrayConfig
+    from weldray.training.cv import seed_ensemble_summary
+
+    summary = None if None in configs else seed_ensemble_summary([_as_config(c, WeldrayConfig) for c in configs])
+    if summary is None:
+        return (
+            "- An ensemble's own accuracy is not measured by its members' figures below: each member's figures are "
+            "of its own recipe. For the final fits of consecutive seeds, `weldray cv DATA --seeds N` with the same "
+            "overrides measures the ensemble (docs/training.md)."
+        )
+    oof = summary["oof"]
+    return (
+        f"- This ensemble's recipe, by the outer cross-validation of the same ensemble of {len(summary['members'])} "
+        f"seeds (`{summary['path']}`; every member of a fold's ensemble trained without that fold): balanced "
+        f"accuracy {_figure(summary['balanced_accuracy_mean'])} ± {_figure(summary['balanced_accuracy_std'])} over "
+        f"{len(summary['folds'])} folds (one seed alone: {_figure(summary['member_balanced_accuracy_mean'])}); "
+        f"pooled out-of-fold balanced accuracy {_figure(oof.get('balanced_accuracy'))}, ROC-AUC "
+        f"{_figure(oof.get('roc_auc'))}. The members' own figures follow."
+    )
+
+
 def model_card(
     sources: Sequence[str | Path],
     sidecar: ModelSidecar,
@@ -185,10 +208,7 @@ def model_card(
                      "(data, model, training recipe and seed; equal for a CV and the final fit of one command).")
     lines += ["", "## How well it does", ""]
     if len(runs) > 1:
-        lines.append(
-            "- An ensemble's own accuracy is not measured by its members' figures below: each member's figures "
-            "are of its own recipe (see `weldray cv --ensemble` in docs/training.md)."
-        )
+        lines.append(_ensemble_figures(configs))
     lines += _metrics_section(first_metrics)
     lines += ["", "## Calibration and export checks", ""]
     lines.append(f"- Temperature {sidecar.temperature:.3g}: "

@@ -37,6 +37,24 @@ def cv_name(cfg: WeldrayConfig) -> str:
     return f"cv-{recipe_fingerprint(cfg)[:6]}"
 
 
+def seed_ensemble_name(cfg: WeldrayConfig, seeds: int) -> str:
+    """The default name of ``weldray cv --seeds`` from ``cfg.seed`` on: ``cv-<recipe hash>-<seeds>seeds``."""
+    return f"{cv_name(cfg)}-{seeds}seeds"
+
+
+def seed_ensemble_summary(members: list[WeldrayConfig]) -> dict[str, Any] | None:
+    """The ``weldray cv --seeds`` summary (default name) that measures an ensemble of these runs' recipe, if the
+    runs are one recipe with consecutive seeds and that CV has been run; else None."""
+    base = min(members, key=lambda c: c.seed)
+    seeds = sorted(c.seed for c in members)
+    if seeds != list(range(base.seed, base.seed + len(members))) or any(
+        recipe_fingerprint(replace(c, seed=base.seed)) != recipe_fingerprint(base) for c in members
+    ):
+        return None
+    path = cv_summary_path(base, seed_ensemble_name(base, len(members)))
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def cv_summary_path(cfg: WeldrayConfig, name: str | None = None) -> Path:
     """``<output_dir>/cv/<name>.json``; the default name is the recipe's, so ``weldray train`` finds it."""
     return Path(cfg.output_dir) / "cv" / f"{name or cv_name(cfg)}.json"
@@ -122,7 +140,7 @@ def cross_validate(
             if done:
                 log.info("seed %d: reusing the finished CV %s", seed, done["path"])
             members.append(done or cross_validate(member, folds, name=member_name))
-        return summarize_seed_ensemble(cfg, members, name or f"{cv_name(cfg)}-{seeds}seeds")
+        return summarize_seed_ensemble(cfg, members, name or seed_ensemble_name(cfg, seeds))
     name = name or cv_name(cfg)
     run_dirs = train_runs([fold_config(cfg, k, name) for k in folds])
     return summarize_folds(cfg, folds, name, run_dirs)
