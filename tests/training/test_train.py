@@ -117,6 +117,7 @@ def test_final_fit_takes_figures_and_temperature_from_the_out_of_fold_prediction
     assert np.isfinite(summary["oof"]["nll"]) and Path(summary["report"]).is_file()
 
 
+@pytest.mark.slow
 def test_a_seed_ensemble_reuses_the_finished_cv_of_its_first_seed(
     cv_and_final_fit: tuple[dict, Path], procedural_dir: Path
 ) -> None:
@@ -177,6 +178,26 @@ def test_a_cv_fold_trains_on_every_row_outside_it(cv_and_final_fit: tuple[dict, 
     fold = json.loads((Path(summary["folds"][0]["run_dir"]) / "metrics.json").read_text())
     final = json.loads((run_dir / "metrics.json").read_text())
     assert fold["n_val"] == 0 and fold["n_train"] + fold["n_test"] == final["n_train"]
+
+
+def test_the_same_seed_trains_the_same_model(procedural_dir: Path, tmp_path: Path, ray_local: None) -> None:
+    """Two runs with one seed (augmentation, shuffling and MixUp/CutMix on, two image sizes) end with the same
+    weights and losses, epoch by epoch; another seed trains another model."""
+    import torch
+
+    from weldray.models import load_checkpoint
+    from weldray.training import train
+
+    runs = [
+        train(_cfg(procedural_dir, tmp_path, f"training.run_name=s{i}", f"seed={seed}", "training.epochs=2",
+                   "training.mixup_prob=1.0", "training.image_sizes=[64,96]", "model.image_size=96"))
+        for i, seed in enumerate((7, 7, 8))
+    ]
+    losses = [[h["train_loss"] for h in json.loads((r / "metrics.json").read_text())["history"]] for r in runs]
+    assert losses[0] == losses[1] != losses[2]
+    weights = [load_checkpoint(r)[0].state_dict() for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
 @pytest.mark.slow
@@ -244,8 +265,8 @@ def _train_worker_pids() -> list[int]:
 @pytest.mark.slow
 def test_killed_worker_resumes_from_checkpoint(procedural_dir: Path, tmp_path: Path, ray_local: None) -> None:
     """Kill the training worker process after its first checkpoint: FailureConfig restarts it
-    from the last checkpoint and the run still completes every epoch; rerunning the same run
-    name resumes again instead of starting over."""
+    from the last checkpoint and the run still completes every epoch, with the losses of an uninterrupted
+    run; rerunning the same run name resumes again instead of starting over."""
     import os
     import signal
 
@@ -275,6 +296,10 @@ def test_killed_worker_resumes_from_checkpoint(procedural_dir: Path, tmp_path: P
     history = json.loads((run_dir / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert any(h["resumed_from"] >= 1 for h in history), history
+    # Each epoch draws from the seed and the epoch alone: the resumed run is the uninterrupted one.
+    twin = train(_cfg(procedural_dir, tmp_path, "training.run_name=twin", "training.epochs=4"))
+    twin_history = json.loads((twin / "metrics.json").read_text())["history"]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in twin_history]
 
     more = train(_cfg(procedural_dir, tmp_path, "training.run_name=killme", "training.epochs=5"))
     history = json.loads((more / "metrics.json").read_text())["history"]

@@ -52,6 +52,7 @@ __all__ = [
 @dataclass
 class WeldrayConfig:
     profile: str = "cpu"
+    # Training's data order, augmentation and MixUp draw from it: the same seed trains the same model (one worker).
     seed: int = 42
     # Root for run directories, dataset manifests and logs (local folder).
     output_dir: str = "outputs"

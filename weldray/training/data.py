@@ -1,7 +1,9 @@
-"""Row selection and the Ray Data train/val pipelines (decode once, augment every epoch)."""
+"""Row selection and the Ray Data train/val pipelines (decode once, augment every epoch, by seed)."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,14 +58,23 @@ def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
     return (w / w.mean()).tolist()
 
 
+def epoch_seed(seed: int, epoch: int, *more: int) -> int:
+    """A 32-bit seed for ``epoch`` of a run seeded ``seed`` (``more``: e.g. the worker's rank)."""
+    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1)[0])
+
+
 class Augment:
     """Random resized crop (scale 0.6-1, keeping the whole-image squash policy otherwise), flips,
     +-15 degree rotation and colour jitter. A Ray Data ``map_batches`` function: runs in the data
-    pipeline, so each epoch's re-execution draws new augmentations."""
+    pipeline, one execution per epoch (:func:`epoch_batches`).
 
-    def __init__(self, size: int, augment: bool = True) -> None:
+    With ``seed`` each photo's augmentation is drawn from a generator seeded by ``seed`` and its path, so it is
+    the same whichever task, batch or order the photo comes in (the batches need a ``path`` column)."""
+
+    def __init__(self, size: int, augment: bool = True, seed: int | None = None) -> None:
         self.size = size
         self.augment = augment
+        self.seed = seed
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
@@ -82,30 +93,46 @@ class Augment:
             )
         else:
             tf = v2.Resize([self.size, self.size], antialias=True)
-        out = np.stack(
-            [tf(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy() for img in images]
-        )
-        return {"image": out, "label": batch["label"].astype(np.int64)}
+        seeded = self.augment and self.seed is not None
+        out = []
+        for i, img in enumerate(images):
+            # torchvision draws from torch's global generator: seed a fork of it, leave the caller's as it was.
+            with torch.random.fork_rng(devices=[], enabled=seeded):
+                if seeded:
+                    torch.manual_seed(epoch_seed(self.seed, zlib.crc32(str(batch["path"][i]).encode())))
+                out.append(tf(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy())
+        return {"image": np.stack(out), "label": batch["label"].astype(np.int64)}
 
 
-def build_datasets(
-    splits: SplitRows, image_sizes: list[int], eval_size: int, *, augment: bool, num_cpus: float
-) -> dict[str, Any]:
-    """``{"train_<size>": ..., "val": ...}`` (no "val" without validation rows): decoded once (materialised)
-    at the largest size plus crop headroom, then resized/augmented lazily per epoch in ``map_batches``."""
+def build_datasets(splits: SplitRows, image_sizes: list[int], eval_size: int, *, num_cpus: float) -> tuple[Any, dict]:
+    """The training rows decoded once (materialised) at the largest size plus crop headroom, which each epoch
+    resizes and augments anew (:func:`epoch_batches`), and Ray Train's datasets: ``{"val": ...}`` when there are
+    validation rows (a final fit holds nothing out)."""
     from weldray.data import read_manifest_dataset
 
     decode_size = int(round(max(image_sizes) * 1.15 / 8) * 8)
-    base = read_manifest_dataset(splits.train, image_size=decode_size, num_cpus=num_cpus).materialize()
-    datasets: dict[str, Any] = {
-        f"train_{s}": base.map_batches(
-            Augment(s, augment), batch_size=32, batch_format="numpy", num_cpus=num_cpus
-        )
-        for s in sorted(set(image_sizes))
+    train = read_manifest_dataset(splits.train, image_size=decode_size, num_cpus=num_cpus).materialize()
+    if splits.val.empty:
+        return train, {}
+    val = read_manifest_dataset(splits.val, image_size=eval_size, num_cpus=num_cpus).materialize()
+    return train, {
+        "val": val.map_batches(Augment(eval_size, False), batch_size=32, batch_format="numpy", num_cpus=num_cpus)
     }
-    if not splits.val.empty:  # a final fit holds nothing out
-        val = read_manifest_dataset(splits.val, image_size=eval_size, num_cpus=num_cpus).materialize()
-        datasets["val"] = val.map_batches(
-            Augment(eval_size, False), batch_size=32, batch_format="numpy", num_cpus=num_cpus
-        )
-    return datasets
+
+
+def epoch_batches(
+    rows: Any, *, size: int, augment: bool, seed: int, batch_size: int, num_cpus: float, device: Any
+) -> Iterator[dict[str, Any]]:
+    """One epoch's batches of ``rows`` (this worker's decoded training rows): resized to ``size``, augmented and
+    shuffled, all drawn from ``seed`` (give each epoch its own, :func:`epoch_seed`). The same seed gives the same
+    batches: the rows come in their stored order (``preserve_order``) into a seeded shuffle buffer that holds them
+    all, and each photo's augmentation is seeded by its path (:class:`Augment`)."""
+    ds = rows.map_batches(Augment(size, augment, seed), batch_size=32, batch_format="numpy", num_cpus=num_cpus)
+    ds.context.execution_options.preserve_order = True
+    return ds.iter_torch_batches(
+        batch_size=batch_size,
+        drop_last=True,
+        local_shuffle_buffer_size=rows.count(),
+        local_shuffle_seed=seed,
+        device=device,
+    )

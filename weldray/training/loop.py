@@ -16,9 +16,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.utils import unwrap_model
+
+from weldray.training.data import epoch_batches, epoch_seed
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +225,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(config["torch_threads"])
-    torch.manual_seed(config["seed"] + rank)
     device = ray.train.torch.get_device()
+    # This worker's training rows: a fixed share of the decoded rows (the same for the same world size).
+    train_rows = config["train_rows"] if world == 1 else config["train_rows"].split(world, equal=True)[rank]
 
     classes = config["classes"]
     num_classes = len(classes)
@@ -280,14 +284,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epochs = cfg["epochs"]
     for epoch in range(start_epoch, epochs):
         size = phase_size(epoch, epochs, cfg["image_sizes"])
-        shard = ray.train.get_dataset_shard(f"train_{size}")
+        # Every random draw of an epoch comes from the run's seed and the epoch (the data's order and augmentation,
+        # MixUp/CutMix from numpy's generator, dropout from torch's): the same seed trains the same model on one
+        # worker, and a resumed run continues as the uninterrupted one would have.
+        torch.manual_seed(epoch_seed(config["seed"], epoch, rank))
+        np.random.seed(epoch_seed(config["seed"], epoch, rank))
         t0 = time.perf_counter()
         seen, loss_sum, steps = train_epoch(
             model,
-            shard.iter_torch_batches(
+            epoch_batches(
+                train_rows,
+                size=size,
+                augment=cfg["augment"],
+                seed=epoch_seed(config["seed"], epoch),
                 batch_size=cfg["batch_size"],
-                drop_last=True,
-                local_shuffle_buffer_size=config["n_train"],
+                num_cpus=config["data_cpus"],
                 device=device,
             ),
             step,

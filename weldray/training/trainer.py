@@ -133,13 +133,8 @@ def fit(
         len(splits.val),
         len(splits.test),
     )
-    datasets = build_datasets(
-        splits,
-        list(t.image_sizes),
-        cfg.model.image_size,
-        augment=t.augment,
-        num_cpus=min(t.data_cpus, 0.5) or 0.25,
-    )
+    data_cpus = min(t.data_cpus, 0.5) or 0.25
+    train_rows, datasets = build_datasets(splits, list(t.image_sizes), cfg.model.image_size, num_cpus=data_cpus)
     loop_config = {
         "training": asdict(t),
         "model": asdict(cfg.model),
@@ -148,6 +143,10 @@ def fit(
         "n_train": len(splits.train),
         "has_val": not splits.val.empty,
         "seed": cfg.seed,
+        # Each epoch's batches are a Ray Data execution of the worker's (:func:`weldray.training.data.epoch_batches`):
+        # Ray Train's own dataset shards are drawn in whatever order the tasks finish, which no seed can fix.
+        "train_rows": train_rows,
+        "data_cpus": data_cpus,
         "torch_threads": plan["torch_threads"],
         "run_id": run_id,
         "tensorboard_dir": str(run_dir / "tensorboard"),
@@ -176,7 +175,7 @@ def fit(
                 callbacks=callbacks,
             ),
             datasets=datasets,
-            dataset_config=DataConfig(datasets_to_split=[k for k in datasets if k.startswith("train_")]),
+            dataset_config=DataConfig(datasets_to_split=[]),  # every worker validates on all the val rows
         )
         return trainer.fit()
 
