@@ -58,9 +58,10 @@ def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
     return (w / w.mean()).tolist()
 
 
-def epoch_seed(seed: int, epoch: int, *more: int) -> int:
-    """A 32-bit seed for ``epoch`` of a run seeded ``seed`` (``more``: e.g. the worker's rank)."""
-    return int(np.random.SeedSequence([seed, epoch, *more]).generate_state(1)[0])
+def sub_seed(seed: int, *parts: int) -> int:
+    """A 32-bit seed drawn from ``seed`` and ``parts`` (an epoch, a worker's rank, a photo's hash): independent
+    streams for each combination."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(1)[0])
 
 
 class Augment:
@@ -99,7 +100,7 @@ class Augment:
             # torchvision draws from torch's global generator: seed a fork of it, leave the caller's as it was.
             with torch.random.fork_rng(devices=[], enabled=seeded):
                 if seeded:
-                    torch.manual_seed(epoch_seed(self.seed, zlib.crc32(str(batch["path"][i]).encode())))
+                    torch.manual_seed(sub_seed(self.seed, zlib.crc32(str(batch["path"][i]).encode())))
                 out.append(tf(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy())
         return {"image": np.stack(out), "label": batch["label"].astype(np.int64)}
 
@@ -124,7 +125,7 @@ def epoch_batches(
     rows: Any, *, size: int, augment: bool, seed: int, batch_size: int, num_cpus: float, device: Any
 ) -> Iterator[dict[str, Any]]:
     """One epoch's batches of ``rows`` (this worker's decoded training rows): resized to ``size``, augmented and
-    shuffled, all drawn from ``seed`` (give each epoch its own, :func:`epoch_seed`). The same seed gives the same
+    shuffled, all drawn from ``seed`` (give each epoch its own: :func:`sub_seed`). The same seed gives the same
     batches: the rows come in their stored order (``preserve_order``) into a seeded shuffle buffer that holds them
     all, and each photo's augmentation is seeded by its path (:class:`Augment`)."""
     ds = rows.map_batches(Augment(size, augment, seed), batch_size=32, batch_format="numpy", num_cpus=num_cpus)

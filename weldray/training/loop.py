@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from timm.utils import unwrap_model
 
-from weldray.training.data import epoch_batches, epoch_seed
+from weldray.training.data import epoch_batches, sub_seed
 
 log = logging.getLogger(__name__)
 
@@ -287,8 +287,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Every random draw of an epoch comes from the run's seed and the epoch (the data's order and augmentation,
         # MixUp/CutMix from numpy's generator, dropout from torch's): the same seed trains the same model on one
         # worker, and a resumed run continues as the uninterrupted one would have.
-        torch.manual_seed(epoch_seed(config["seed"], epoch, rank))
-        np.random.seed(epoch_seed(config["seed"], epoch, rank))
+        torch.manual_seed(sub_seed(config["seed"], epoch, rank))
+        np.random.seed(sub_seed(config["seed"], epoch, rank))
         t0 = time.perf_counter()
         seen, loss_sum, steps = train_epoch(
             model,
@@ -296,7 +296,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 train_rows,
                 size=size,
                 augment=cfg["augment"],
-                seed=epoch_seed(config["seed"], epoch),
+                seed=sub_seed(config["seed"], epoch),
                 batch_size=cfg["batch_size"],
                 num_cpus=config["data_cpus"],
                 device=device,
