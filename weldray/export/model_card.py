@@ -135,7 +135,7 @@ def _ensemble_figures(configs: list[dict[str, Any] | None]) -> str:
         f"accuracy {_figure(summary['balanced_accuracy_mean'])} ± {_figure(summary['balanced_accuracy_std'])} over "
         f"{len(summary['folds'])} folds (one seed alone: {_figure(summary['member_balanced_accuracy_mean'])}); "
         f"pooled out-of-fold balanced accuracy {_figure(oof.get('balanced_accuracy'))}, ROC-AUC "
-        f"{_figure(oof.get('roc_auc'))}. The members' own figures follow."
+        f"{_figure(oof.get('roc_auc'))}. The first member's own figures follow."
     )
 
 
