@@ -287,8 +287,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Every random draw of an epoch comes from the run's seed and the epoch (the data's order and augmentation,
         # MixUp/CutMix from numpy's generator, dropout from torch's): the same seed trains the same model on one
         # worker, and a resumed run continues as the uninterrupted one would have.
-        torch.manual_seed(sub_seed(config["seed"], epoch, rank))
-        np.random.seed(sub_seed(config["seed"], epoch, rank))
+        worker_seed = sub_seed(config["seed"], epoch, rank)
+        torch.manual_seed(worker_seed)
+        np.random.seed(worker_seed)
         t0 = time.perf_counter()
         seen, loss_sum, steps = train_epoch(
             model,
