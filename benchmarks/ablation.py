@@ -49,6 +49,10 @@ RECIPES: dict[str, list[str]] = {
     "discriminative_lr_0.1": ["training.backbone_lr_mult=0.1"],
     "no_mixup_cutmix": ["training.mixup_prob=0.0"],
     "softmax_head": ["model.head=softmax"],
+    # The random resized crop keeping 35-100 % of the photo's area instead of 60-100 % (the plain script: 50-100 %).
+    "crop_scale_0.35": ["training.crop_scale=[0.35,1.0]"],
+    # Half the training views cropped around a YOLO box of the photo (the bead, or one defect).
+    "box_crop_0.5": ["training.box_crop_prob=0.5"],
     "no_progressive_resize": ["training.image_sizes=[224]"],
     "early_stopping_5": ["training.early_stopping_patience=5", "training.holdout=true"],
     "no_label_smoothing": ["training.label_smoothing=0.0"],
@@ -91,11 +95,13 @@ class ImageCache:
         return self._by_size[size][[self.index[p] for p in paths]]
 
 
-def _batches(images: np.ndarray, labels: np.ndarray, batch: int, augment: Any, rng: np.random.Generator):
+def _batches(
+    images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, batch: int, augment: Any, rng: np.random.Generator
+):
     order = rng.permutation(len(images))
     for i in range(0, len(order) - batch + 1, batch):
         idx = order[i : i + batch]
-        out = augment({"image": images[idx], "label": labels[idx]})
+        out = augment({"image": images[idx], "label": labels[idx], "boxes": boxes[idx]})
         yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
 
 
@@ -128,6 +134,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     splits = split_rows(manifest, fold, cfg.training.holdout)
     classes = cfg.data.labels
     y_train = splits.train["label_index"].to_numpy()
+    boxes = splits.train["boxes"].astype(object).where(splits.train["boxes"].notna(), None).to_numpy()
     y_val = splits.val["label_index"].to_numpy()
     y_test = splits.test["label_index"].to_numpy()
     decode = int(round(max(tc["image_sizes"]) * 1.15 / 8) * 8) if tc["augment"] else None
@@ -149,7 +156,8 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     for epoch in range(tc["epochs"]):
         size = phase_size(epoch, tc["epochs"], tc["image_sizes"])
         x_train = cache.get(splits.train["path"].tolist(), decode or size)
-        train_epoch(model, _batches(x_train, y_train, tc["batch_size"], Augment(size, tc["augment"]), rng), ctx)
+        augment = Augment.for_training(tc, size)
+        train_epoch(model, _batches(x_train, y_train, boxes, tc["batch_size"], augment, rng), ctx)
         if len(y_val):
             m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
             print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)

@@ -43,6 +43,18 @@ def test_missing_weights_exit_within_seconds_with_one_message_and_no_retry(
     assert elapsed < 60, f"{elapsed:.0f} s: the error must come before Ray starts"
 
 
+def test_box_crops_without_box_labels_fail_before_ray_starts(procedural_dir: Path, tmp_path: Path) -> None:
+    from weldray.config import ConfigError, load_config
+    from weldray.training import train
+
+    cfg = load_config(
+        ["profile=quick_test", f"data.root={procedural_dir}", f"output_dir={tmp_path}", "training.box_crop_prob=0.5"]
+    )
+    with pytest.raises(ConfigError, match=r"training.box_crop_prob.*none of the \d+ training photos has any"):
+        train(cfg)
+    assert not (tmp_path / "ray_results").exists()
+
+
 def test_pipeline_checks_every_selected_stage_before_running_any(tmp_path: Path) -> None:
     missing = tmp_path / "no_such_weights.pt"
     run_name = "preflight"

@@ -59,6 +59,13 @@ class TrainingConfig:
     eval_split: str = "auto"
     # Augmentation in the Ray Data pipeline (random resized crop, flips, rotation, colour jitter).
     augment: bool = True
+    # The random resized crop's range of the photo's area that one training view keeps (min, max).
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    # Share of training views cropped around one of the photo's YOLO boxes (the weld bead, or one defect) instead
+    # of the random resized crop: a square 1.3-2x the box's longer side (at least 30 % of the photo's), so the
+    # bead and its defects fill more of the view. Needs box labels (data.md); photos without boxes keep the
+    # random crop. 0 = off.
+    box_crop_prob: float = 0.0
     # Torch threads per worker; None = the node's CPUs / num_workers.
     torch_threads: int | None = None
     # CPUs kept free for Ray Data decode/augment tasks (avoids the 2-core Train/Data deadlock).
@@ -81,6 +88,11 @@ class TrainingConfig:
         check_positive("training.mixup_alpha", self.mixup_alpha, allow_zero=True)
         check_positive("training.cutmix_alpha", self.cutmix_alpha, allow_zero=True)
         check_fraction("training.mixup_prob", self.mixup_prob, inclusive_high=True)
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(
+                "training.crop_scale", f"needs [min, max] with 0 < min <= max <= 1 (areas kept): {self.crop_scale}"
+            )
+        check_fraction("training.box_crop_prob", self.box_crop_prob, inclusive_high=True)
         if not self.image_sizes or any(s < 32 or s % 8 for s in self.image_sizes):
             raise ConfigError("training.image_sizes", f"needs sizes that are multiples of 8, >= 32: {self.image_sizes}")
         check_positive("training.num_workers", self.num_workers)

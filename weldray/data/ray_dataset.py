@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 def _decode_batch(batch: pd.DataFrame, image_size: int | None) -> pd.DataFrame:
-    """Decode a batch of manifest rows; rows whose file broke since ingest are logged and dropped."""
+    """Decode a batch of manifest rows (keeping their ``boxes`` when read); rows whose file broke since ingest
+    are logged and dropped."""
     images, keep = [], []
     for i, path in enumerate(batch["path"]):
         try:
@@ -26,7 +27,8 @@ def _decode_batch(batch: pd.DataFrame, image_size: int | None) -> pd.DataFrame:
             continue
         images.append(resize_for_model(img, image_size) if image_size else np.asarray(img))
         keep.append(i)
-    out = batch.iloc[keep][["path", "label_index"]].rename(columns={"label_index": "label"}).reset_index(drop=True)
+    columns = ["path", "label_index", *(["boxes"] if "boxes" in batch.columns else [])]
+    out = batch.iloc[keep][columns].rename(columns={"label_index": "label"}).reset_index(drop=True)
     out["label"] = out["label"].astype(np.int64)
     out["image"] = images
     return out
@@ -58,8 +60,10 @@ def read_manifest_dataset(
     exclude_folds: Sequence[int] | None = None,
     image_size: int | None = None,
     num_cpus: float = 0.5,
+    boxes: bool = False,
 ) -> Any:
-    """A ``ray.data.Dataset`` of ``{"image": uint8 HxWx3, "label": int64, "path": str}``.
+    """A ``ray.data.Dataset`` of ``{"image": uint8 HxWx3, "label": int64, "path": str}``, plus the manifest's
+    ``boxes`` (YOLO boxes as JSON, or None) when ``boxes``.
 
     Decoding runs as Ray tasks with fractional CPUs so that, on small machines, actor pools
     downstream never starve the readers (a known Ray Data deadlock on 2 cores).
@@ -72,7 +76,9 @@ def read_manifest_dataset(
     rows = select_rows(df, splits=splits, folds=folds, exclude_folds=exclude_folds)
     if rows.empty:
         raise ValueError(f"no manifest rows for splits={splits} folds={folds} exclude_folds={exclude_folds}")
-    ds = ray.data.from_pandas(rows[["path", "label_index"]])
+    if boxes:  # None, not NaN, where a row has no boxes (synthetic rows mixed in lack the column)
+        rows = rows.assign(boxes=rows["boxes"].astype(object).where(rows["boxes"].notna(), None))
+    ds = ray.data.from_pandas(rows[["path", "label_index", *(["boxes"] if boxes else [])]])
     return ds.map_batches(
         _decode_batch,
         batch_format="pandas",

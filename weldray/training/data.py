@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from weldray.data.labels import Box, boxes_from_json
 from weldray.data.ray_dataset import select_rows
 
 
@@ -65,27 +66,51 @@ def sub_seed(seed: int, *parts: int) -> int:
 
 
 class Augment:
-    """Random resized crop (scale 0.6-1, keeping the whole-image squash policy otherwise), flips,
-    +-15 degree rotation and colour jitter. A Ray Data ``map_batches`` function: runs in the data
-    pipeline, one execution per epoch (:func:`epoch_batches`).
+    """Random resized crop (``crop_scale`` of the area, keeping the whole-image squash policy otherwise), flips,
+    +-15 degree rotation and colour jitter. With ``box_crop_prob``, that share of the views is a square crop
+    around one of the photo's YOLO boxes instead (:func:`box_crop`; the batches need a ``boxes`` column). A Ray
+    Data ``map_batches`` function: runs in the data pipeline, one execution per epoch (:func:`epoch_batches`).
 
     With ``seed`` each photo's augmentation is drawn from a generator seeded by ``seed`` and its path, so it is
     the same whichever task, batch or order the photo comes in (the batches need a ``path`` column)."""
 
-    def __init__(self, size: int, augment: bool = True, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        size: int,
+        augment: bool = True,
+        seed: int | None = None,
+        *,
+        crop_scale: tuple[float, float] = (0.6, 1.0),
+        box_crop_prob: float = 0.0,
+    ) -> None:
         self.size = size
         self.augment = augment
         self.seed = seed
+        self.crop_scale = tuple(crop_scale)
+        self.box_crop_prob = box_crop_prob if augment else 0.0
+
+    @classmethod
+    def for_training(cls, training: dict[str, Any], size: int, seed: int | None = None) -> Augment:
+        """The training views of a ``training.*`` recipe (``asdict(TrainingConfig)``) at ``size``."""
+        return cls(
+            size,
+            training["augment"],
+            seed,
+            crop_scale=tuple(training["crop_scale"]),
+            box_crop_prob=training["box_crop_prob"],
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
         from torchvision.transforms import v2
 
         images = batch["image"]
+        if self.box_crop_prob and "boxes" not in batch:
+            raise ValueError("box crops need the photos' YOLO boxes: the batches have no 'boxes' column")
         if self.augment:
-            tf = v2.Compose(
+            crop = v2.RandomResizedCrop(self.size, scale=self.crop_scale, ratio=(0.8, 1.25), antialias=True)
+            rest = v2.Compose(
                 [
-                    v2.RandomResizedCrop(self.size, scale=(0.6, 1.0), ratio=(0.8, 1.25), antialias=True),
                     v2.RandomHorizontalFlip(),
                     v2.RandomVerticalFlip(),
                     v2.RandomRotation(15),
@@ -93,7 +118,7 @@ class Augment:
                 ]
             )
         else:
-            tf = v2.Resize([self.size, self.size], antialias=True)
+            crop, rest = v2.Resize([self.size, self.size], antialias=True), v2.Identity()
         seeded = self.augment and self.seed is not None
         out = []
         for i, img in enumerate(images):
@@ -101,18 +126,47 @@ class Augment:
             with torch.random.fork_rng(devices=[], enabled=seeded):
                 if seeded:
                     torch.manual_seed(sub_seed(self.seed, zlib.crc32(str(batch["path"][i]).encode())))
-                out.append(tf(torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)).numpy())
+                x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+                boxes = boxes_from_json(batch["boxes"][i]) if self.box_crop_prob else None
+                if boxes and float(torch.rand(())) < self.box_crop_prob:
+                    x = box_crop(x, boxes, self.size)
+                else:
+                    x = crop(x)
+                out.append(rest(x).numpy())
         return {"image": np.stack(out), "label": batch["label"].astype(np.int64)}
 
 
-def build_datasets(splits: SplitRows, image_sizes: list[int], eval_size: int, *, num_cpus: float) -> tuple[Any, dict]:
+def box_crop(
+    image: Any, boxes: list[Box], size: int, grow: tuple[float, float] = (1.3, 2.0), min_side: float = 0.3
+) -> Any:
+    """A square crop of ``image`` (CxHxW tensor) around one of ``boxes`` (relative YOLO boxes, drawn at random),
+    resized to ``size``: side ``grow`` times the box's longer side (at least ``min_side`` of the photo, at most
+    all of it), its centre jittered by up to a tenth of the side and kept inside the photo. Square, so the view
+    keeps the aspect that the whole-photo squash gives at inference."""
+    import torch
+    from torchvision.transforms.v2 import functional as F
+
+    h, w = image.shape[-2:]
+    b = boxes[int(torch.randint(len(boxes), ()))]
+    lo, hi = grow
+    side = min(1.0, max(min_side, max(b.w, b.h) * (lo + (hi - lo) * float(torch.rand(())))))
+    jitter = (torch.rand(2) - 0.5) * 0.2 * side
+    cx = min(max(b.x + float(jitter[0]), side / 2), 1 - side / 2)
+    cy = min(max(b.y + float(jitter[1]), side / 2), 1 - side / 2)
+    top, left = round((cy - side / 2) * h), round((cx - side / 2) * w)
+    return F.resized_crop(image, top, left, round(side * h), round(side * w), [size, size], antialias=True)
+
+
+def build_datasets(
+    splits: SplitRows, image_sizes: list[int], eval_size: int, *, num_cpus: float, boxes: bool = False
+) -> tuple[Any, dict]:
     """The training rows decoded once (materialised) at the largest size plus crop headroom, which each epoch
-    resizes and augments anew (:func:`epoch_batches`), and Ray Train's datasets: ``{"val": ...}`` when there are
-    validation rows (a final fit holds nothing out)."""
+    resizes and augments anew (:func:`epoch_batches`), with their YOLO boxes when ``boxes`` (box crops), and Ray
+    Train's datasets: ``{"val": ...}`` when there are validation rows (a final fit holds nothing out)."""
     from weldray.data import read_manifest_dataset
 
     decode_size = int(round(max(image_sizes) * 1.15 / 8) * 8)
-    train = read_manifest_dataset(splits.train, image_size=decode_size, num_cpus=num_cpus).materialize()
+    train = read_manifest_dataset(splits.train, image_size=decode_size, num_cpus=num_cpus, boxes=boxes).materialize()
     if splits.val.empty:
         return train, {}
     val = read_manifest_dataset(splits.val, image_size=eval_size, num_cpus=num_cpus).materialize()
@@ -122,18 +176,18 @@ def build_datasets(splits: SplitRows, image_sizes: list[int], eval_size: int, *,
 
 
 def epoch_batches(
-    rows: Any, *, size: int, augment: bool, seed: int, batch_size: int, num_cpus: float, device: Any
+    rows: Any, *, augment: Augment, batch_size: int, num_cpus: float, device: Any
 ) -> Iterator[dict[str, Any]]:
-    """One epoch's batches of ``rows`` (this worker's decoded training rows): resized to ``size``, augmented and
-    shuffled, all drawn from ``seed`` (give each epoch its own: :func:`sub_seed`). The same seed gives the same
-    batches: the rows come in their stored order (``preserve_order``) into a seeded shuffle buffer that holds them
-    all, and each photo's augmentation is seeded by its path (:class:`Augment`)."""
-    ds = rows.map_batches(Augment(size, augment, seed), batch_size=32, batch_format="numpy", num_cpus=num_cpus)
+    """One epoch's batches of ``rows`` (this worker's decoded training rows) through ``augment`` (resized to its
+    size, augmented and shuffled, all drawn from its seed: give each epoch its own, :func:`sub_seed`). The same
+    seed gives the same batches: the rows come in their stored order (``preserve_order``) into a seeded shuffle
+    buffer that holds them all, and each photo's augmentation is seeded by its path (:class:`Augment`)."""
+    ds = rows.map_batches(augment, batch_size=32, batch_format="numpy", num_cpus=num_cpus)
     ds.context.execution_options.preserve_order = True
     return ds.iter_torch_batches(
         batch_size=batch_size,
         drop_last=True,
         local_shuffle_buffer_size=rows.count(),
-        local_shuffle_seed=seed,
+        local_shuffle_seed=augment.seed,
         device=device,
     )

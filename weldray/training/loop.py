@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from timm.utils import unwrap_model
 
-from weldray.training.data import epoch_batches, sub_seed
+from weldray.training.data import Augment, epoch_batches, sub_seed
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model,
             epoch_batches(
                 train_rows,
-                size=size,
-                augment=cfg["augment"],
-                seed=sub_seed(config["seed"], epoch),
+                augment=Augment.for_training(cfg, size, sub_seed(config["seed"], epoch)),
                 batch_size=cfg["batch_size"],
                 num_cpus=config["data_cpus"],
                 device=device,

@@ -134,7 +134,9 @@ def fit(
         len(splits.test),
     )
     data_cpus = min(t.data_cpus, 0.5) or 0.25
-    train_rows, datasets = build_datasets(splits, list(t.image_sizes), cfg.model.image_size, num_cpus=data_cpus)
+    train_rows, datasets = build_datasets(
+        splits, list(t.image_sizes), cfg.model.image_size, num_cpus=data_cpus, boxes=t.box_crop_prob > 0
+    )
     loop_config = {
         "training": asdict(t),
         "model": asdict(cfg.model),
@@ -280,6 +282,13 @@ def train(
         )
     if cfg.training.mix_real_ratio < 1:
         splits = _mix_synthetic(cfg, splits)
+    if cfg.training.box_crop_prob > 0 and splits.train["boxes"].isna().all():
+        raise ConfigError(
+            "training.box_crop_prob",
+            f"box crops need YOLO boxes, and none of the {len(splits.train)} training photos has any: put a label "
+            "file per photo in labels/<class folder>/<stem>.txt beside the class folders (data.labels_dir; "
+            "docs/data.md), or set training.box_crop_prob=0",
+        )
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
