@@ -123,7 +123,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from weldray.models import build_classifier
-    from weldray.training.data import Augment, class_weights, split_rows
+    from weldray.training.data import Augment, check_box_labels, class_weights, split_rows
     from weldray.training.loop import phase_size, selection_score, step_context, train_epoch, validate
 
     t0 = time.perf_counter()
@@ -133,6 +133,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     # As `weldray cv`: every row outside the fold trains, unless the recipe holds val rows out (early stopping).
     splits = split_rows(manifest, fold, cfg.training.holdout)
     classes = cfg.data.labels
+    check_box_labels(splits.train, tc["box_crop_prob"])
     y_train = splits.train["label_index"].to_numpy()
     boxes = splits.train["boxes"].astype(object).where(splits.train["boxes"].notna(), None).to_numpy()
     y_val = splits.val["label_index"].to_numpy()

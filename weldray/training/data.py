@@ -59,6 +59,19 @@ def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
     return (w / w.mean()).tolist()
 
 
+def check_box_labels(train: pd.DataFrame, box_crop_prob: float) -> None:
+    """Box crops (``training.box_crop_prob``) need training rows with YOLO boxes: say so before anything trains."""
+    from weldray.config import ConfigError
+
+    if box_crop_prob > 0 and train["boxes"].isna().all():
+        raise ConfigError(
+            "training.box_crop_prob",
+            f"box crops need YOLO boxes, and none of the {len(train)} training photos has any: put a label "
+            "file per photo in labels/<class folder>/<stem>.txt beside the class folders (data.labels_dir; "
+            "docs/data.md), or set training.box_crop_prob=0",
+        )
+
+
 def sub_seed(seed: int, *parts: int) -> int:
     """A 32-bit seed drawn from ``seed`` and ``parts`` (an epoch, a worker's rank, a photo's hash): independent
     streams for each combination."""

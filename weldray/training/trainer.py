@@ -263,7 +263,7 @@ def train(
     from weldray.evaluation.report import evaluate_rows
     from weldray.models import CheckpointMeta, build_classifier, save_checkpoint
     from weldray.ray_utils import init_ray
-    from weldray.training.data import split_rows
+    from weldray.training.data import check_box_labels, split_rows
 
     t0 = time.perf_counter()
     run_id = run_id_for(cfg)
@@ -282,13 +282,7 @@ def train(
         )
     if cfg.training.mix_real_ratio < 1:
         splits = _mix_synthetic(cfg, splits)
-    if cfg.training.box_crop_prob > 0 and splits.train["boxes"].isna().all():
-        raise ConfigError(
-            "training.box_crop_prob",
-            f"box crops need YOLO boxes, and none of the {len(splits.train)} training photos has any: put a label "
-            "file per photo in labels/<class folder>/<stem>.txt beside the class folders (data.labels_dir; "
-            "docs/data.md), or set training.box_crop_prob=0",
-        )
+    check_box_labels(splits.train, cfg.training.box_crop_prob)
 
     initial = initial_model(cfg, classes)
     init_ray(cfg.ray, job_name="train")
