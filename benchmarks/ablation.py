@@ -122,6 +122,7 @@ def _scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str, Any]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
+    from weldray.data.labels import boxes_column
     from weldray.models import build_classifier
     from weldray.training.data import Augment, check_box_labels, class_weights, split_rows
     from weldray.training.loop import phase_size, selection_score, step_context, train_epoch, validate
@@ -135,7 +136,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     classes = cfg.data.labels
     check_box_labels(splits.train, tc["box_crop_prob"])
     y_train = splits.train["label_index"].to_numpy()
-    boxes = splits.train["boxes"].astype(object).where(splits.train["boxes"].notna(), None).to_numpy()
+    boxes = boxes_column(splits.train).to_numpy()
     y_val = splits.val["label_index"].to_numpy()
     y_test = splits.test["label_index"].to_numpy()
     decode = int(round(max(tc["image_sizes"]) * 1.15 / 8) * 8) if tc["augment"] else None

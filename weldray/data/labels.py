@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 import yaml
 
@@ -102,6 +103,12 @@ def export_label_path(relpath: str) -> str | None:
 
 def boxes_to_json(boxes: list[Box] | None) -> str | None:
     return None if boxes is None else json.dumps([asdict(b) for b in boxes])
+
+
+def boxes_column(rows: Any) -> Any:
+    """The ``boxes`` column of manifest rows (a DataFrame) with None, not NaN, where a row has no boxes (rows
+    mixed in without the column, such as synthetic ones)."""
+    return rows["boxes"].astype(object).where(rows["boxes"].notna(), None)
 
 
 def boxes_from_json(value: str | None) -> list[Box] | None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from weldray.data.labels import boxes_column
 from weldray.preprocessing import ImageError, load_image, resize_for_model
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ def read_manifest_dataset(
     rows = select_rows(df, splits=splits, folds=folds, exclude_folds=exclude_folds)
     if rows.empty:
         raise ValueError(f"no manifest rows for splits={splits} folds={folds} exclude_folds={exclude_folds}")
-    if boxes:  # None, not NaN, where a row has no boxes (synthetic rows mixed in lack the column)
-        rows = rows.assign(boxes=rows["boxes"].astype(object).where(rows["boxes"].notna(), None))
+    if boxes:
+        rows = rows.assign(boxes=boxes_column(rows))
     ds = ray.data.from_pandas(rows[["path", "label_index", *(["boxes"] if boxes else [])]])
     return ds.map_batches(
         _decode_batch,
