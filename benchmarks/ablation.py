@@ -53,6 +53,8 @@ RECIPES: dict[str, list[str]] = {
     "crop_scale_0.35": ["training.crop_scale=[0.35,1.0]"],
     # Half the training views cropped around a YOLO box of the photo (the bead, or one defect).
     "box_crop_0.5": ["training.box_crop_prob=0.5"],
+    # Linear probe, then fine-tune: two epochs of embedding and head only, then the whole network.
+    "freeze_2": ["training.freeze_epochs=2"],
     "no_progressive_resize": ["training.image_sizes=[224]"],
     "early_stopping_5": ["training.early_stopping_patience=5", "training.holdout=true"],
     "no_label_smoothing": ["training.label_smoothing=0.0"],

@@ -35,7 +35,7 @@ def test_weighted_soft_cross_entropy() -> None:
 def test_optimizer_schedule_and_discriminative_lr(optimizer: str) -> None:
     model = build_classifier(ModelConfig(pretrained=False, image_size=64, embedding_dim=16), 2)
     cfg = {"lr": 1e-3, "backbone_lr_mult": 0.1, "weight_decay": 0.05, "optimizer": optimizer,
-           "epochs": 4, "warmup_epochs": 1.0}
+           "epochs": 4, "warmup_epochs": 1.0, "freeze_epochs": 0}
     opt = _build_optimizer(model, cfg, total_steps=8)
     sched = _build_scheduler(opt, steps_per_epoch=2, cfg=cfg)
     x, y = torch.rand(4, 3, 64, 64) * 255, torch.tensor([0, 1, 0, 1])
@@ -51,6 +51,35 @@ def test_optimizer_schedule_and_discriminative_lr(optimizer: str) -> None:
     assert all(b == pytest.approx(h * 0.1) for b, h in zip(back, head, strict=True))
     assert head[1] > head[0]  # warmup rises
     assert head[-1] < max(head)  # cosine decays
+
+
+def test_freeze_epochs_train_the_head_first_then_the_backbone() -> None:
+    """Linear probe, then fine-tune: during freeze_epochs the backbone's weights stay as loaded while the head learns;
+    then the backbone warms up and decays on its own schedule."""
+    torch.manual_seed(0)
+    model = build_classifier(ModelConfig(pretrained=False, image_size=64, embedding_dim=16), 2)
+    cfg = {"lr": 1e-2, "backbone_lr_mult": 1.0, "weight_decay": 0.05, "optimizer": "adamw",
+           "epochs": 4, "warmup_epochs": 1.0, "freeze_epochs": 2}
+    opt = _build_optimizer(model, cfg, total_steps=8)
+    sched = _build_scheduler(opt, steps_per_epoch=2, cfg=cfg)
+    backbone = {k: v.detach().clone() for k, v in model.backbone.named_parameters()}
+    head = {k: v.detach().clone() for k, v in model.named_parameters() if not k.startswith("backbone.")}
+    x, y = torch.rand(4, 3, 64, 64) * 255, torch.tensor([0, 1, 0, 1])
+    lrs = []
+    for step in range(8):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        loss = torch.nn.functional.cross_entropy(model(x, y), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step == 3:  # the end of the two frozen epochs
+            assert all(torch.equal(v, backbone[k]) for k, v in model.backbone.named_parameters())
+            assert any(not torch.equal(v, head[k]) for k, v in model.named_parameters() if k in head)
+    back, head_lr = zip(*lrs, strict=True)
+    assert back[:4] == (0.0,) * 4 and min(head_lr[:4]) > 0
+    assert 0 < back[4] < back[5] and back[-1] < back[5]  # the backbone's own warmup, then cosine
+    assert any(not torch.equal(v, backbone[k]) for k, v in model.backbone.named_parameters())
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])

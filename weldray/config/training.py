@@ -19,6 +19,10 @@ class TrainingConfig:
     weight_decay: float = 0.05
     optimizer: str = "adamw"
     warmup_epochs: float = 1.0
+    # Linear probe, then fine-tune (fastai's fine_tune, Kumar et al. 2022): the first freeze_epochs train only the
+    # embedding and head (the backbone's lr is 0), so the randomly initialised head does not send large gradients
+    # into the ImageNet features; then the backbone warms up and follows the cosine schedule. 0 = off.
+    freeze_epochs: int = 0
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
@@ -83,6 +87,13 @@ class TrainingConfig:
         check_positive("training.weight_decay", self.weight_decay, allow_zero=True)
         check_choice("training.optimizer", self.optimizer, OPTIMIZERS)
         check_positive("training.warmup_epochs", self.warmup_epochs, allow_zero=True)
+        check_positive("training.freeze_epochs", self.freeze_epochs, allow_zero=True)
+        if self.freeze_epochs >= self.epochs:
+            raise ConfigError(
+                "training.freeze_epochs",
+                f"must be below training.epochs ({self.epochs}), or the backbone never trains: {self.freeze_epochs}"
+                " (model.freeze_stages freezes it for the whole run)",
+            )
         check_fraction("training.label_smoothing", self.label_smoothing)
         check_fraction("training.ema_decay", self.ema_decay)
         check_positive("training.mixup_alpha", self.mixup_alpha, allow_zero=True)

@@ -12,7 +12,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,20 +65,32 @@ def _build_optimizer(model: torch.nn.Module, cfg: dict[str, Any], total_steps: i
     return torch.optim.AdamW(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
 
 
-def _build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: dict[str, Any]) -> Any:
-    """Per-step linear warmup then cosine decay to 1% as a multiplier of each group's own lr, so
-    the backbone/head ratio (discriminative LR) holds at every step."""
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    warmup = int(cfg["warmup_epochs"] * steps_per_epoch)
-    floor = 0.01
+def _warmup_cosine(start: int, warmup: int, total: int, floor: float = 0.01) -> Callable[[int], float]:
+    """An lr multiplier: 0 before ``start``, then a linear warmup over ``warmup`` steps and a cosine decay to ``floor``
+    at ``total``."""
 
     def factor(step: int) -> float:
+        if step < start:
+            return 0.0
+        step -= start
         if step < warmup:
             return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, (step - warmup) / max(1, total - start - warmup))
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def _build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: dict[str, Any]) -> Any:
+    """Per-step linear warmup then cosine decay to 1% as a multiplier of each group's own lr, so
+    the backbone/head ratio (discriminative LR) holds at every step. With ``freeze_epochs`` the
+    backbone's schedule starts, with its own warmup, when those epochs are over."""
+    total = max(1, cfg["epochs"] * steps_per_epoch)
+    warmup = int(cfg["warmup_epochs"] * steps_per_epoch)
+    head = _warmup_cosine(0, warmup, total)
+    backbone = _warmup_cosine(cfg["freeze_epochs"] * steps_per_epoch, warmup, total) if cfg["freeze_epochs"] else head
+    # The groups' order is _build_optimizer's: backbone, head.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone, head])
 
 
 def _mixup(cfg: dict[str, Any], num_classes: int) -> Any:
