@@ -37,7 +37,7 @@ def test_optimizer_schedule_and_discriminative_lr(optimizer: str) -> None:
     cfg = {"lr": 1e-3, "backbone_lr_mult": 0.1, "weight_decay": 0.05, "optimizer": optimizer,
            "epochs": 4, "warmup_epochs": 1.0, "freeze_epochs": 0}
     opt = _build_optimizer(model, cfg, total_steps=8)
-    sched = _build_scheduler(opt, steps_per_epoch=2, cfg=cfg)
+    sched = _build_scheduler(opt, 2, cfg["epochs"], cfg["warmup_epochs"], cfg["freeze_epochs"])
     x, y = torch.rand(4, 3, 64, 64) * 255, torch.tensor([0, 1, 0, 1])
     lrs = []
     for _ in range(8):
@@ -61,7 +61,7 @@ def test_freeze_epochs_train_the_head_first_then_the_backbone() -> None:
     cfg = {"lr": 1e-2, "backbone_lr_mult": 1.0, "weight_decay": 0.05, "optimizer": "adamw",
            "epochs": 4, "warmup_epochs": 1.0, "freeze_epochs": 2}
     opt = _build_optimizer(model, cfg, total_steps=8)
-    sched = _build_scheduler(opt, steps_per_epoch=2, cfg=cfg)
+    sched = _build_scheduler(opt, 2, cfg["epochs"], cfg["warmup_epochs"], cfg["freeze_epochs"])
     backbone = {k: v.detach().clone() for k, v in model.backbone.named_parameters()}
     head = {k: v.detach().clone() for k, v in model.named_parameters() if not k.startswith("backbone.")}
     x, y = torch.rand(4, 3, 64, 64) * 255, torch.tensor([0, 1, 0, 1])

@@ -127,7 +127,7 @@ def pretrain_loop_per_worker(config: dict[str, Any]) -> None:
     # timm's AdamW groups: no weight decay on biases and norm layers.
     optimizer = create_optimizer_v2(inner, "adamw", lr=p["lr"], weight_decay=p["weight_decay"])
     steps_per_epoch = max(1, config["n_images"] // (p["batch_size"] * world))
-    scheduler = _build_scheduler(optimizer, steps_per_epoch, p)
+    scheduler = _build_scheduler(optimizer, steps_per_epoch, p["epochs"], p["warmup_epochs"])
     total_steps = p["epochs"] * steps_per_epoch
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)

@@ -81,14 +81,18 @@ def _warmup_cosine(start: int, warmup: int, total: int, floor: float = 0.01) -> 
     return factor
 
 
-def _build_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, cfg: dict[str, Any]) -> Any:
+def _build_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, warmup_epochs: float, freeze_epochs: int = 0
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Per-step linear warmup then cosine decay to 1% as a multiplier of each group's own lr, so
     the backbone/head ratio (discriminative LR) holds at every step. With ``freeze_epochs`` the
     backbone's schedule starts, with its own warmup, when those epochs are over."""
-    total = max(1, cfg["epochs"] * steps_per_epoch)
-    warmup = int(cfg["warmup_epochs"] * steps_per_epoch)
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(warmup_epochs * steps_per_epoch)
     head = _warmup_cosine(0, warmup, total)
-    backbone = _warmup_cosine(cfg["freeze_epochs"] * steps_per_epoch, warmup, total) if cfg["freeze_epochs"] else head
+    if not freeze_epochs:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, head)
+    backbone = _warmup_cosine(freeze_epochs * steps_per_epoch, warmup, total)
     # The groups' order is _build_optimizer's: backbone, head.
     return torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone, head])
 
@@ -212,7 +216,9 @@ def step_context(
         ema = ModelEmaV3(unwrap_model(model), decay=cfg["ema_decay"], use_warmup=True)
     return StepContext(
         optimizer=optimizer,
-        scheduler=_build_scheduler(optimizer, steps_per_epoch, cfg),
+        scheduler=_build_scheduler(
+            optimizer, steps_per_epoch, cfg["epochs"], cfg["warmup_epochs"], cfg["freeze_epochs"]
+        ),
         scaler=torch.amp.GradScaler("cuda", enabled=use_amp),
         mixup=_mixup(cfg, num_classes),
         weight=torch.tensor(class_weights, device=device) if cfg["class_weighting"] else None,
