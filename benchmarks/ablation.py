@@ -43,6 +43,19 @@ RECIPES: dict[str, list[str]] = {
         "training.ema_decay=0.0",
         "training.epochs=10",
     ],
+    # Issue 15's plain script in weldray's keys: 288 px, 24 epochs, crop 50-100 %, flips and colour, softmax with
+    # label smoothing 0.1, no MixUp/CutMix, no EMA, no class weighting (its warm-up + cosine stands in for one-cycle).
+    "plain_script": [
+        "model.head=softmax",
+        "training.mixup_prob=0.0",
+        "training.label_smoothing=0.1",
+        "model.image_size=288",
+        "training.image_sizes=[288]",
+        "training.epochs=24",
+        "training.crop_scale=[0.5,1.0]",
+        "training.ema_decay=0.0",
+        "training.class_weighting=false",
+    ],
     "no_weight_ema": ["training.ema_decay=0.0"],
     # Twice the epochs (the plain 24-epoch fine-tune of issue 15 trains that long).
     "epochs_24": ["training.epochs=24"],

@@ -139,3 +139,20 @@ def test_early_stopping_needs_held_out_rows() -> None:
     with pytest.raises(ConfigError, match="training.holdout=true"):
         load_config(["training.early_stopping_patience=3"])
     assert load_config(["training.early_stopping_patience=3", "training.holdout=true"]).training.holdout
+
+
+def test_every_ablation_recipe_is_a_valid_config() -> None:
+    """`make ablation` runs for hours: a recipe whose override is misspelt or invalid must fail here, not there."""
+    import sys
+    from pathlib import Path
+
+    from weldray.config import load_config
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import ablation
+
+    for name, overrides in ablation.RECIPES.items():
+        cfg = load_config(overrides)
+        assert cfg.model.image_size == cfg.training.image_sizes[-1], name
+    plain = load_config(ablation.RECIPES["plain_script"])
+    assert (plain.model.head, plain.training.epochs, plain.model.image_size) == ("softmax", 24, 288)
