@@ -92,8 +92,8 @@ train: install
 cv: install
 	$(BIN)/weldray cv $(or $(DATA),../shared/data/welds) $(ARGS)
 
-# Recipe ablation table by 5-fold group CV (in-process, 2-4 min per recipe and fold on 2 cores, so every
-# recipe takes hours: choose with ARGS='--recipes default,no_weight_ema'; resumes if interrupted).
+# Recipe ablation table by 5-fold group CV (in-process, 3-10 min per recipe and fold on 2 cores, so every
+# recipe takes hours: choose with ARGS='--recipes default,weight_ema'; resumes if interrupted).
 ablation: install
 	$(BIN)/python benchmarks/ablation.py $(or $(DATA),../shared/data/welds) $(ARGS)
 

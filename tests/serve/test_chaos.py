@@ -7,16 +7,13 @@ dropped after it was accepted (all asserted)."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import chaos_serve
 import pytest
 
 from tests.export.models import export_small
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import chaos_serve  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

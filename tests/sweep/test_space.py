@@ -98,6 +98,20 @@ def test_inert_and_reserved_keys(tmp_path: Path) -> None:
     assert "training.cv_fold: set by the sweep" in _error(path)
 
 
+def test_head_and_mixup_knobs_are_inert_where_the_recipe_has_no_such_part(tmp_path: Path) -> None:
+    """The cpu recipe's softmax head has no margin and its MixUp is off: searching either would fit noise, unless
+    the space fixes (or searches) the switch that makes them live."""
+    margin = "space:\n  model.margin: {type: float, low: 0.1, high: 0.5}\n"
+    path = _space(tmp_path, margin)
+    assert "model.margin: a softmax head has no margin or scale" in _error(path)
+    assert "model.margin" in load_space(path, ["model.head=arcface"]).space
+    path = _space(tmp_path, margin + "  model.head: {type: choice, values: [softmax, cosface]}\n")
+    assert set(load_space(path).space) == {"model.margin", "model.head"}
+    path = _space(tmp_path, "space:\n  training.cutmix_alpha: {type: float, low: 0.0, high: 1.5}\n")
+    assert "training.cutmix_alpha: MixUp/CutMix is off" in _error(path)
+    assert "training.cutmix_alpha" in load_space(path, ["training.mixup_prob=0.5"]).space
+
+
 def test_searched_key_fixed_on_the_command_line(tmp_path: Path) -> None:
     path = _space(tmp_path, "space:\n  model.margin: {type: float, low: 0.1, high: 0.5}\n")
     assert "model.margin: searched by this space and also fixed" in _error(path, "model.margin=0.3")

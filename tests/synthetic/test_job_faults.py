@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import chaos_pipeline
 import pytest
 
 from tests.ray_checks import held_after
 from tests.synthetic.helpers import write_labelled_dataset
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import chaos_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -4,13 +4,10 @@ cleaned image with its output file, and the outputs equal those of an uninterrup
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+import chaos_pipeline
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-import chaos_pipeline  # noqa: E402
 
 pytestmark = pytest.mark.ray
 

@@ -338,9 +338,6 @@ def test_killed_driver_resumes_on_the_same_command(procedural_dir: Path, tmp_pat
     whatever of its own Ray outlived it, found by its RAY_TMPDIR), then the same command again: it resumes from the
     checkpoint and ends with the same epochs and a complete history, like an uninterrupted run
     (benchmarks/chaos_pipeline.py)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
     import chaos_pipeline
 
     r = chaos_pipeline.train_driver_kill(procedural_dir, tmp_path, ["profile=quick_test", "training.epochs=3"])

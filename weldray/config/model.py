@@ -18,7 +18,7 @@ class ModelConfig:
     pretrained: bool = True
     # A local weights file (state dict, .pth/.safetensors); wins over every other source.
     weights: Optional[str] = None
-    head: str = "arcface"
+    head: str = "softmax"
     embedding_dim: int = 512
     scale: float = 30.0
     margin: float = 0.5
@@ -27,7 +27,7 @@ class ModelConfig:
     # Number of early backbone stages kept frozen (0 = train everything).
     freeze_stages: int = 0
     # Evaluation / export input size (square). Shared by evaluation, export and serving.
-    image_size: int = 224
+    image_size: int = 288
 
     def __post_init__(self) -> None:
         if not self.backbone:

@@ -11,7 +11,7 @@ OPTIMIZERS = ("adamw", "ranger21")
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 12
+    epochs: int = 24
     batch_size: int = 16
     lr: float = 1e-3
     # Discriminative LR: backbone lr = lr * backbone_lr_mult.
@@ -26,14 +26,14 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     mixup_alpha: float = 0.2
     cutmix_alpha: float = 1.0
-    mixup_prob: float = 0.5
+    mixup_prob: float = 0.0
     # Progressive resizing: image size per phase, phases split the epochs evenly.
-    image_sizes: list[int] = field(default_factory=lambda: [192, 224])
-    class_weighting: bool = True
+    image_sizes: list[int] = field(default_factory=lambda: [288])
+    class_weighting: bool = False
     early_stopping_patience: int = 0
     # Exponential moving average of the weights (timm ModelEmaV3, warmed up); validation, the best
     # checkpoint and the exported model use the averaged weights. 0 = off.
-    ema_decay: float = 0.99
+    ema_decay: float = 0.0
     # Ray Train scaling.
     num_workers: int = 1
     # "auto": GPU when the cluster has one.
@@ -64,7 +64,7 @@ class TrainingConfig:
     # Augmentation in the Ray Data pipeline (random resized crop, flips, rotation, colour jitter).
     augment: bool = True
     # The random resized crop's range of the photo's area that one training view keeps (min, max).
-    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    crop_scale: list[float] = field(default_factory=lambda: [0.5, 1.0])
     # Share of training views cropped around one of the photo's YOLO boxes (the weld bead, or one defect) instead
     # of the random resized crop: a square 1.3-2x the box's longer side (at least 30 % of the photo's), so the
     # bead and its defects fill more of the view. Needs box labels (data.md); photos without boxes keep the

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,14 +34,43 @@ RESERVED = {
     "data.root": "the data is the sweep's DATA argument",
 }
 
-#: Keys that change nothing unless another key is set (key -> (that key, why)): a search over them would only
-#: fit noise.
+
+@dataclass(frozen=True)
+class Inert:
+    """A key that changes nothing while ``unless`` (another key) keeps the value that ``inert`` tests."""
+
+    unless: str
+    inert: Callable[[WeldrayConfig], bool]
+    reason: str
+
+
+_MARGIN_HEADS = (
+    "model.head",
+    lambda cfg: cfg.model.head == "softmax",
+    "a softmax head has no margin or scale: fix model.head=arcface (or cosface) in the space's overrides or on "
+    "the command line, or search model.head too",
+)
+
+_MIXUP_ALPHAS = (
+    "training.mixup_prob",
+    lambda cfg: cfg.training.mixup_prob == 0,
+    "MixUp/CutMix is off (training.mixup_prob=0): fix training.mixup_prob > 0 in the space's overrides or on the "
+    "command line, or search it too",
+)
+
+#: Keys that change nothing in the trials' fixed config (key -> when, and why): a search over them would only
+#: fit noise. Searching the ``unless`` key as well makes them live.
 INERT = {
-    "training.mix_real_ratio": (
+    "training.mix_real_ratio": Inert(
         "training.synthetic_data",
+        lambda cfg: cfg.training.synthetic_data is None,
         "inert until a synthetic dataset is configured: fix training.synthetic_data=DIR (a `weldray generate` "
         "output made from the trials' train rows) in the space's overrides or on the command line",
     ),
+    "model.margin": Inert(*_MARGIN_HEADS),
+    "model.scale": Inert(*_MARGIN_HEADS),
+    "training.mixup_alpha": Inert(*_MIXUP_ALPHAS),
+    "training.cutmix_alpha": Inert(*_MIXUP_ALPHAS),
 }
 
 DIST_TYPES = ("float", "int", "choice")
@@ -214,12 +243,6 @@ def load_sweep_config(path: Path, block: Any, cli: Sequence[str]) -> SweepConfig
         raise SpaceError(path, f"sweep.{key}", str(exc).splitlines()[0]) from None
 
 
-def _is_set(key: str, fixed: Sequence[str]) -> bool:
-    """Whether the fixed overrides give ``key`` a value (not null)."""
-    values = [item.split("=", 1)[1] for item in fixed if item.split("=", 1)[0].lstrip("+") == key]
-    return bool(values) and values[-1].strip().lower() not in ("", "null", "none")
-
-
 def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
     """Load and validate a space file with the command line's ``key=value`` items (``sweep.*`` ones set the
     sweep, the rest are fixed overrides of every trial). Raises :class:`SpaceError` before any trial starts."""
@@ -247,8 +270,6 @@ def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
 
     space: dict[str, Dist] = {}
     for key, spec in space_doc.items():
-        if key in INERT and not _is_set(INERT[key][0], fixed):
-            raise SpaceError(path, key, INERT[key][1])
         if key in RESERVED:
             raise SpaceError(path, key, f"set by the sweep: {RESERVED[key]}")
         tp = _field_type(key)
@@ -274,7 +295,7 @@ def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
     # The fixed overrides alone, then each searched key at its extremes with the others at their defaults:
     # every check the config makes runs here, on the driver, before Ray starts.
     try:
-        load_config(study.overrides)
+        fixed_cfg = load_config(study.overrides)
     except ConfigError as exc:
         raise SpaceError(path, exc.key, f"{str(exc).split(': ', 1)[1]} (in the fixed overrides)") from None
     for key, dist in space.items():
@@ -283,4 +304,8 @@ def load_space(space: str | Path, overrides: Sequence[str] = ()) -> Study:
                 load_config(study.trial_overrides({key: value}))
             except ConfigError as exc:
                 raise SpaceError(path, key, f"the config rejects {value!r}: {str(exc).split(': ', 1)[1]}") from None
+    for key in space:
+        rule = INERT.get(key)
+        if rule and rule.unless not in space and rule.inert(fixed_cfg):
+            raise SpaceError(path, key, rule.reason)
     return study
