@@ -44,14 +44,14 @@ class Inert:
     reason: str
 
 
-_MARGIN_HEADS = (
+_NO_MARGIN = Inert(
     "model.head",
     lambda cfg: cfg.model.head == "softmax",
     "a softmax head has no margin or scale: fix model.head=arcface (or cosface) in the space's overrides or on "
     "the command line, or search model.head too",
 )
 
-_MIXUP_ALPHAS = (
+_MIXUP_OFF = Inert(
     "training.mixup_prob",
     lambda cfg: cfg.training.mixup_prob == 0,
     "MixUp/CutMix is off (training.mixup_prob=0): fix training.mixup_prob > 0 in the space's overrides or on the "
@@ -67,10 +67,10 @@ INERT = {
         "inert until a synthetic dataset is configured: fix training.synthetic_data=DIR (a `weldray generate` "
         "output made from the trials' train rows) in the space's overrides or on the command line",
     ),
-    "model.margin": Inert(*_MARGIN_HEADS),
-    "model.scale": Inert(*_MARGIN_HEADS),
-    "training.mixup_alpha": Inert(*_MIXUP_ALPHAS),
-    "training.cutmix_alpha": Inert(*_MIXUP_ALPHAS),
+    "model.margin": _NO_MARGIN,
+    "model.scale": _NO_MARGIN,
+    "training.mixup_alpha": _MIXUP_OFF,
+    "training.cutmix_alpha": _MIXUP_OFF,
 }
 
 DIST_TYPES = ("float", "int", "choice")
