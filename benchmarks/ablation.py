@@ -9,10 +9,13 @@ epoch and the final weights are scored on the held-out fold; the table shows the
 ``weldray train`` keeps (final weights, or the best epoch with early stopping).
 
     .venv/bin/python benchmarks/ablation.py DATA [--folds 0,1,2,3,4] [--recipes default,weight_ema] \
-        [--out outputs/ablation/NAME.json] [key=value ...]
+        [--out outputs/ablation/NAME.json] [--device cuda] [key=value ...]
 
 Results are added to the JSON file after every fold (under a lock, so one process per core can
-share it), and recipes/folds already in it are not re-run: an interrupted ablation resumes.
+share it), and recipes/folds already in it are not re-run: an interrupted ablation resumes. On a
+GPU (``--device cuda``, the default when there is one) the model trains with AMP as in ``weldray
+train``; a recipe's folds are never mixed across devices, and each row records a hash of its
+test photos' names, so results from two machines pair only when their folds are the same.
 """
 
 from __future__ import annotations
@@ -104,30 +107,43 @@ class ImageCache:
 
 
 def _batches(
-    images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, batch: int, augment: Any, rng: np.random.Generator
+    images: np.ndarray,
+    labels: np.ndarray,
+    boxes: np.ndarray,
+    batch: int,
+    augment: Any,
+    rng: np.random.Generator,
+    device: torch.device,
 ):
     order = rng.permutation(len(images))
     for i in range(0, len(order) - batch + 1, batch):
         idx = order[i : i + batch]
         out = augment({"image": images[idx], "label": labels[idx], "boxes": boxes[idx]})
-        yield {"image": torch.from_numpy(out["image"]), "label": torch.from_numpy(out["label"])}
+        yield {"image": torch.from_numpy(out["image"]).to(device), "label": torch.from_numpy(out["label"]).to(device)}
 
 
-def _eval_batches(images: np.ndarray, labels: np.ndarray, batch: int = 64):
+def _eval_batches(images: np.ndarray, labels: np.ndarray, device: torch.device, batch: int = 64):
     for i in range(0, len(images), batch):
         x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch].transpose(0, 3, 1, 2)))
-        yield {"image": x, "label": torch.from_numpy(labels[i : i + batch].astype(np.int64))}
+        yield {"image": x.to(device), "label": torch.from_numpy(labels[i : i + batch].astype(np.int64)).to(device)}
 
 
 @torch.no_grad()
-def _scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+def _scores(model: torch.nn.Module, images: np.ndarray, device: torch.device) -> np.ndarray:
     model.eval()
-    batches = _eval_batches(images, np.zeros(len(images), int))
+    batches = _eval_batches(images, np.zeros(len(images), int), device)
     z = torch.cat([model(b["image"].float().contiguous(memory_format=torch.channels_last)) for b in batches])
-    return torch.softmax(z.float(), 1)[:, 1].numpy()
+    return torch.softmax(z.float(), 1)[:, 1].cpu().numpy()
 
 
-def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str, Any]:
+def _digest(paths: list[str]) -> str:
+    """A short hash of a fold's test photos by file name: folds made on two machines pair only if it is equal."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(Path(p).name for p in paths)).encode()).hexdigest()[:12]
+
+
+def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache, device: torch.device) -> dict[str, Any]:
     from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
     from weldray.data.labels import boxes_column
@@ -152,7 +168,7 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
     x_val = cache.get(splits.val["path"].tolist(), eval_size) if len(y_val) else None
     x_test = cache.get(splits.test["path"].tolist(), eval_size)
 
-    model = build_classifier(cfg.model, len(classes), classes=classes).to(memory_format=torch.channels_last)
+    model = build_classifier(cfg.model, len(classes), classes=classes).to(device, memory_format=torch.channels_last)
     steps = max(1, len(y_train) // tc["batch_size"])
     ctx = step_context(
         model,
@@ -160,16 +176,16 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
         steps_per_epoch=steps,
         num_classes=len(classes),
         class_weights=class_weights(y_train, len(classes)),
-        device=torch.device("cpu"),
+        device=device,
     )
     best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
     for epoch in range(tc["epochs"]):
         size = phase_size(epoch, tc["epochs"], tc["image_sizes"])
         x_train = cache.get(splits.train["path"].tolist(), decode or size)
         augment = Augment.for_training(tc, size)
-        train_epoch(model, _batches(x_train, y_train, boxes, tc["batch_size"], augment, rng), ctx)
+        train_epoch(model, _batches(x_train, y_train, boxes, tc["batch_size"], augment, rng, device), ctx)
         if len(y_val):
-            m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val))
+            m = validate(ctx.eval_model(model), _eval_batches(x_val, y_val, device))
             print(f"  epoch {epoch + 1}/{tc['epochs']} @{size}px val_bal_acc {m['val_bal_acc']:.3f}", flush=True)
             score = selection_score(m)
         else:  # nothing held out: the final weights are kept
@@ -182,13 +198,14 @@ def run_fold(cfg: Any, manifest: Any, fold: int, cache: ImageCache) -> dict[str,
             bad += 1
         if tc["early_stopping_patience"] > 0 and bad >= tc["early_stopping_patience"]:
             break
-    final = _scores(ctx.eval_model(model), x_test)
+    final = _scores(ctx.eval_model(model), x_test, device)
     model.load_state_dict(best_state)
-    selected = _scores(model, x_test)
+    selected = _scores(model, x_test, device)
     return {
         "fold": fold,
         "n_train": len(y_train),
         "n_test": len(y_test),
+        "test_photos": _digest(splits.test["path"].tolist()),
         "val_selected_epoch": best_epoch,
         "epochs_run": epoch + 1,
         "final_balanced_accuracy": float(balanced_accuracy_score(y_test, final > 0.5)),
@@ -216,16 +233,15 @@ def _results(out: Path) -> dict[str, Any]:
     return json.loads(out.read_text()) if out.exists() else {}
 
 
-def _record(out: Path, name: str, overrides: list[str], fingerprint: str, row: dict[str, Any]) -> None:
-    """Add one fold's row under a file lock, so several ablation processes (one per core) can
-    share one results file."""
+def _record(out: Path, name: str, entry: dict[str, Any], row: dict[str, Any]) -> None:
+    """Add one fold's row to recipe ``name`` (created as ``entry`` if new) under a file lock, so several
+    ablation processes (one per core) can share one results file."""
     import fcntl
 
     with open(out.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = _results(out)
-        entry = results.setdefault(name, {"overrides": overrides, "recipe_fingerprint": fingerprint, "folds": {}})
-        entry["folds"][str(row["fold"])] = row
+        results.setdefault(name, {**entry, "folds": {}})["folds"][str(row["fold"])] = row
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(results, indent=2))
         tmp.replace(out)
@@ -246,9 +262,14 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="JSON results file (default outputs/ablation/<profile>.json)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown (for docs/measurements.md)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all cores)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="where the model trains (default: cuda when there is a GPU, with AMP as in weldray train)")
     ap.add_argument("overrides", nargs="*", help="applied to every recipe, before the recipe's own")
     args = ap.parse_intermixed_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    # AMP on a GPU changes the numbers: a recipe's folds pair only when they trained on the same kind of device.
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     folds = [int(f) for f in args.folds.split(",")]
     base = load_config([*args.overrides, f"data.root={args.data}"])
     out = Path(args.out or Path(base.output_dir) / "ablation" / f"{base.profile}.json")
@@ -262,22 +283,24 @@ def main() -> None:
         overrides = [*args.overrides, *RECIPES[name]]
         cfg = load_config([*overrides, f"data.root={args.data}"])
         fingerprint = recipe_fingerprint(cfg)
+        entry = {"overrides": overrides, "recipe_fingerprint": fingerprint, "device": device_name}
         recorded = _results(out).get(name, {})
-        if recorded and recorded.get("recipe_fingerprint") != fingerprint:
-            # A recipe's meaning changes with the defaults it overrides: never resume another recipe's folds.
-            raise SystemExit(f"{out} holds another recipe under {name!r} (recipe fingerprint "
-                             f"{recorded.get('recipe_fingerprint')}, now {fingerprint}): pass --out NEW.json")
+        # A recipe's meaning changes with the defaults it overrides: never resume another recipe's folds.
+        for key in ("recipe_fingerprint", "device"):
+            if recorded and recorded.get(key, "cpu") != entry[key]:
+                raise SystemExit(f"{out} holds another run under {name!r} ({key} {recorded.get(key, 'cpu')}, "
+                                 f"now {entry[key]}): pass --out NEW.json")
         for k in folds:
             if str(k) in _results(out).get(name, {}).get("folds", {}):  # another process may have run it
                 continue
             print(f"[ablation] {name} fold {k}", flush=True)
-            r = run_fold(cfg, manifest, k, cache)
+            r = run_fold(cfg, manifest, k, cache, device)
             print(f"  final weights: balanced accuracy {r['final_balanced_accuracy']:.3f}; best val epoch "
                   f"{r['val_selected_epoch']}: {r['val_selected_balanced_accuracy']:.3f} ({r['wall_s']}s)")
-            _record(out, name, overrides, fingerprint, r)
+            _record(out, name, entry, r)
 
     results = _results(out)
-    title = f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights)"
+    title = f"{len(folds)}-fold group CV on {args.data} ({base.profile} profile, kept weights, {device_name})"
     columns = ("recipe", "folds", "balanced accuracy mean ± std", "vs default, paired", "ROC-AUC", "min/fold")
     table = Table(title=title)
     for col in columns:

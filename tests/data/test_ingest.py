@@ -167,3 +167,25 @@ def test_real_photos_ingest(real_welds_dir: Path, tmp_path: Path) -> None:
     df = load_manifest(result.manifest_path)
     assert (df[df["split"] != "excluded"].groupby("group")["split"].nunique() == 1).all()
     assert set(df["fold"]) == set(range(cfg.data.n_folds))
+
+
+def test_a_reader_during_a_re_ingest_sees_the_whole_previous_manifest(
+    tmp_path: Path, cfg, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """Every command that resolves a folder ingests it again: parallel runs (sweep trials, one process per fold)
+    read the manifest while another rewrites it. A GPU ablation with 16 processes once read it half written."""
+    import pyarrow.parquet as pq
+
+    root = write_dataset(tmp_path / "ds", 10)
+    path = ingest(str(root), cfg).manifest_path
+    before = load_manifest(path)
+    seen: list[pd.DataFrame] = []
+    write_row_groups = pq.ParquetWriter.write_table
+
+    def read_while_writing(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        write_row_groups(self, *args, **kwargs)
+        seen.append(load_manifest(path))  # mid-write: the rows are out, the footer is not
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", read_while_writing)
+    ingest(str(root), cfg)
+    assert seen and all(df.equals(before) for df in seen)

@@ -327,14 +327,16 @@ def ingest(root: str, cfg: WeldrayConfig, *, progress: bool = False) -> IngestRe
 
 
 def _write(result: IngestResult, df: pd.DataFrame, cfg: WeldrayConfig) -> None:
+    """Each file whole, through a temp file and a rename (:func:`weldray.io.write_bytes`): every command that
+    resolves a folder ingests it again, so parallel runs (sweep trials, one process per fold) rewrite the manifest
+    while others read it."""
     from weldray.data.report import split_report_markdown
+    from weldray.io import write_bytes
 
     out = result.manifest_dir
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out / "manifest.parquet", index=False)
-    pd.DataFrame([asdict(r) for r in result.rejects], columns=["path", "reason"]).to_parquet(
-        out / "rejects.parquet", index=False
-    )
+    write_bytes(out / "manifest.parquet", df.to_parquet(index=False))
+    rejects = pd.DataFrame([asdict(r) for r in result.rejects], columns=["path", "reason"])
+    write_bytes(out / "rejects.parquet", rejects.to_parquet(index=False))
     summary = result.to_json()
     summary["n_folds"] = cfg.data.n_folds
     summary["fold_counts"] = {int(k): int(v) for k, v in Counter(df["fold"]).items() if k >= 0}
@@ -343,8 +345,8 @@ def _write(result: IngestResult, df: pd.DataFrame, cfg: WeldrayConfig) -> None:
         "images_with_labels": int(len(labelled)),
         "boxes_per_class": dict(Counter(b["cls"] for value in labelled for b in json.loads(value))),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "split_report.md").write_text(split_report_markdown(result, df))
+    write_bytes(out / "summary.json", json.dumps(summary, indent=2).encode())
+    write_bytes(out / "split_report.md", split_report_markdown(result, df).encode())
 
 
 def load_manifest(path: str | Path) -> pd.DataFrame:
