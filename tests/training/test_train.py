@@ -173,6 +173,51 @@ def test_export_writes_a_model_card_whose_command_rebuilds_the_recipe(
     assert re.search(r"^weldray export \S+.*export\.check_images=", card, re.M)
 
 
+def test_train_with_seeds_exports_one_graph_of_its_final_fits(
+    procedural_dir: Path, tmp_path: Path, ray_local: None
+) -> None:
+    """`weldray train DATA --seeds 2 training.run_name=ens`: the final fits of seeds 42 and 43, each on every
+    labelled row, and one ONNX graph of both, each member calibrated by its own temperature."""
+    from weldray.inference import WeldClassifierInference
+    from weldray.models import load_checkpoint
+    from weldray.training import train_seed_ensemble
+
+    cfg = _cfg(
+        procedural_dir, tmp_path, "training.run_name=ens", "training.epochs=2",
+        f"export.check_images={procedural_dir}", "export.parity_images=4",
+    )
+    runs, result = train_seed_ensemble(cfg, 2)
+    assert [r.name for r in runs] == ["ens-seed42", "ens-seed43"]
+    for run, seed in zip(runs, (42, 43), strict=True):
+        assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == seed
+        m = json.loads((run / "metrics.json").read_text())
+        assert m["n_train"] > 0 and m["n_val"] == m["n_test"] == 0
+    (a, meta_a), (b, meta_b) = (load_checkpoint(run) for run in runs)
+    assert any(not (a.state_dict()[k] == b.state_dict()[k]).all() for k in a.state_dict())  # two models
+    assert result.path == tmp_path / "ensembles" / "ens-2seeds" / "weld_classifier.onnx"
+    assert result.report["onnx_vs_torch"]["argmax_agreement"] == 1.0
+    clf = WeldClassifierInference(result.path, providers="cpu")
+    assert clf.metadata["ensemble_members"] == 2
+    assert [m["temperature"] for m in clf.sidecar.members] == [meta_a.temperature, meta_b.temperature]
+
+
+def test_a_seed_ensemble_refuses_an_export_this_machine_cannot_make_before_training(tmp_path: Path) -> None:
+    from weldray.export import TensorRTUnavailableError, require_tensorrt
+    from weldray.training import train_seed_ensemble
+
+    try:
+        require_tensorrt()
+        pytest.skip("this machine has a GPU with TensorRT: it can export the engine")
+    except TensorRTUnavailableError:
+        pass
+    cfg = load_config(["export.format=tensorrt", f"output_dir={tmp_path}", "data.root=/nonexistent"])
+    with pytest.raises(TensorRTUnavailableError, match="needs an NVIDIA GPU"):
+        train_seed_ensemble(cfg, 2)
+    with pytest.raises(ValueError, match="2 or more seeds"):
+        train_seed_ensemble(load_config([f"output_dir={tmp_path}"]), 1)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_cv_fold_trains_on_every_row_outside_it(cv_and_final_fit: tuple[dict, Path]) -> None:
     summary, run_dir = cv_and_final_fit
     fold = json.loads((Path(summary["folds"][0]["run_dir"]) / "metrics.json").read_text())

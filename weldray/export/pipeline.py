@@ -83,6 +83,19 @@ def _check(name: str, agreement, minimum: float, *artefacts: Path) -> None:
         )
 
 
+def export_format(cfg: WeldrayConfig, fmt: str | None = None) -> str:
+    """``fmt`` (default ``export.format``) if this machine can export it: an unknown format, or TensorRT without
+    an NVIDIA GPU, fails here, before any work (the training that ``weldray train --seeds`` does first too)."""
+    from weldray.export.tensorrt import require_tensorrt
+
+    fmt = fmt or cfg.export.format
+    if fmt not in ("onnx", "int8", "tensorrt"):
+        raise ValueError(f"unknown export format {fmt!r}; use onnx, int8 or tensorrt")
+    if fmt == "tensorrt":
+        require_tensorrt()
+    return fmt
+
+
 def export_checkpoint(
     source: str | Path | Sequence[str | Path],
     cfg: WeldrayConfig,
@@ -97,16 +110,11 @@ def export_checkpoint(
     the INT8/TensorRT checks when those pass."""
     import onnxruntime as ort  # noqa: F401  (fail early when missing)
 
-    from weldray.export.tensorrt import require_tensorrt
     from weldray.inference.providers import create_session
     from weldray.models import WeldClassifier, load_checkpoint
     from weldray.models.cam import CLASS_MAPS_OUTPUT, WithClassMaps
 
-    fmt = fmt or cfg.export.format
-    if fmt not in ("onnx", "int8", "tensorrt"):
-        raise ValueError(f"unknown export format {fmt!r}; use onnx, int8 or tensorrt")
-    if fmt == "tensorrt":
-        require_tensorrt()  # before any work: a CPU machine gets the precise reason at once
+    fmt = export_format(cfg, fmt)
     paths = artefact_paths(output or cfg.export.output)
     sources = [source] if isinstance(source, (str, Path)) else list(source)
     if not sources:

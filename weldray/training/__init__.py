@@ -12,12 +12,13 @@ _EXPORTS = {
     "cross_validate": "weldray.training.cv",
     "scaling_plan": "weldray.training.trainer",
     "train": "weldray.training.trainer",
+    "train_seed_ensemble": "weldray.training.cv",
 }
 
-__all__ = ["cross_validate", "scaling_plan", "train"]
+__all__ = ["cross_validate", "scaling_plan", "train", "train_seed_ensemble"]
 
 if TYPE_CHECKING:
-    from weldray.training.cv import cross_validate
+    from weldray.training.cv import cross_validate, train_seed_ensemble
     from weldray.training.trainer import scaling_plan, train
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import typer
 
 from weldray.cli_utils import exit_on_user_error, print_result
@@ -11,15 +13,40 @@ from weldray.ray_utils import own_ray
 def train(
     data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet with the labelled photos."),
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.epochs=20."),
+    seeds: int = typer.Option(
+        1, min=1, help="Train this many seeds (seed, seed+1, ...) one after another and export them as one ONNX "
+        "graph (export.format) that averages their calibrated probabilities; `weldray cv DATA --seeds N` measures it.",
+    ),
 ) -> None:
-    """Train a classifier on DATA with Ray Train; prints the run directory last."""
+    """Train a classifier on DATA with Ray Train; prints the run directory last (with --seeds, the ensemble's
+    ONNX model)."""
 
     from weldray.config import load_config
     from weldray.training import train as run_train
+    from weldray.training import train_seed_ensemble
+    from weldray.training.cv import seed_ensemble_name, seed_ensemble_summary
 
     with exit_on_user_error(), own_ray():
-        run_dir = run_train(load_config([*(overrides or []), f"data.root={data}"]))
-    print_result(run_dir)
+        cfg = load_config([*(overrides or []), f"data.root={data}"])
+        if seeds == 1:
+            run_dir = run_train(cfg)
+        else:
+            runs, result = train_seed_ensemble(cfg, seeds)
+    if seeds == 1:
+        print_result(run_dir)
+        return
+    for run in runs:
+        print(f"member: {run}")
+    members = [replace(cfg, seed=s) for s in range(cfg.seed, cfg.seed + seeds)]
+    measured = seed_ensemble_summary(members)
+    print(
+        f"ensemble of {seeds} seeds, by the outer CV: balanced accuracy {measured['balanced_accuracy_mean']:.3f} "
+        f"(one seed alone {measured['member_balanced_accuracy_mean']:.3f}), {measured['path']}"
+        if measured
+        else f"ensemble of {seeds} seeds: not cross-validated ({seed_ensemble_name(cfg, seeds)} not found); "
+        f"`weldray cv DATA --seeds {seeds}` with the same overrides measures it"
+    )
+    print_result(result.path)
 
 
 def evaluate(

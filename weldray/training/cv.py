@@ -283,3 +283,28 @@ def export_fold_ensemble(cfg: WeldrayConfig, summary: dict[str, Any], fmt: str |
     return export_checkpoint(
         runs, cfg, fmt=fmt, output=output, temperatures=[summary["oof_temperature"]] * len(runs)
     )
+
+
+def train_seed_ensemble(cfg: WeldrayConfig, seeds: int, fmt: str | None = None) -> tuple[list[Path], Any]:
+    """``weldray train DATA --seeds N``: the final fits of ``cfg`` with seeds ``cfg.seed`` .. ``cfg.seed + N - 1``,
+    one after another (named ``<run_name>-seed<s>`` when ``training.run_name`` is set, so the same command resumes),
+    then their ONNX ensemble graph, ``<output_dir>/ensembles/<name>-<N>seeds/weld_classifier.onnx``, each member
+    calibrated by its own temperature (its recipe's out-of-fold one where its CV has run). What the ensemble scores
+    is what ``weldray cv DATA --seeds N`` measures, by the outer CV; the model card quotes it when that has run.
+    Returns the members' run directories and the export."""
+    from datetime import datetime
+
+    from weldray.export import export_checkpoint, export_format
+
+    if seeds < 2:
+        raise ValueError(f"a seed ensemble needs 2 or more seeds, not {seeds}")
+    fmt = export_format(cfg, fmt)  # a format this machine cannot export fails before hours of training
+    named = cfg.training.run_name
+    members = [
+        replace(cfg, seed=s, training=replace(cfg.training, run_name=f"{named}-seed{s}" if named else None))
+        for s in range(cfg.seed, cfg.seed + seeds)
+    ]
+    name = f"{named or datetime.now().strftime('%Y%m%d-%H%M%S') + '-' + cfg.fingerprint()[:6]}-{seeds}seeds"
+    runs = train_runs(members)
+    output = Path(cfg.output_dir) / "ensembles" / name / "weld_classifier.onnx"
+    return runs, export_checkpoint(runs, cfg, fmt=fmt, output=output)
