@@ -286,9 +286,9 @@ def main() -> None:
         entry = {"overrides": overrides, "recipe_fingerprint": fingerprint, "device": device_name}
         recorded = _results(out).get(name, {})
         # A recipe's meaning changes with the defaults it overrides: never resume another recipe's folds.
-        for key in ("recipe_fingerprint", "device"):
-            if recorded and recorded.get(key, "cpu") != entry[key]:
-                raise SystemExit(f"{out} holds another run under {name!r} ({key} {recorded.get(key, 'cpu')}, "
+        for key, before in (("recipe_fingerprint", None), ("device", "cpu")):  # rows before either was recorded
+            if recorded and recorded.get(key, before) != entry[key]:
+                raise SystemExit(f"{out} holds another run under {name!r} ({key} {recorded.get(key, before)}, "
                                  f"now {entry[key]}): pass --out NEW.json")
         for k in folds:
             if str(k) in _results(out).get(name, {}).get("folds", {}):  # another process may have run it

@@ -186,7 +186,9 @@ def test_train_with_seeds_exports_one_graph_of_its_final_fits(
         procedural_dir, tmp_path, "training.run_name=ens", "training.epochs=2",
         f"export.check_images={procedural_dir}", "export.parity_images=4",
     )
-    runs, result = train_seed_ensemble(cfg, 2)
+    ensemble = train_seed_ensemble(cfg, 2)
+    runs, result = ensemble.runs, ensemble.export
+    assert ensemble.cv_summary is None  # `weldray cv --seeds 2` has not run
     assert [r.name for r in runs] == ["ens-seed42", "ens-seed43"]
     for run, seed in zip(runs, (42, 43), strict=True):
         assert yaml.safe_load((run / "config.yaml").read_text())["seed"] == seed

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import typer
 
 from weldray.cli_utils import exit_on_user_error, print_result
@@ -24,21 +22,20 @@ def train(
     from weldray.config import load_config
     from weldray.training import train as run_train
     from weldray.training import train_seed_ensemble
-    from weldray.training.cv import seed_ensemble_name, seed_ensemble_summary
+    from weldray.training.cv import seed_ensemble_name
 
     with exit_on_user_error(), own_ray():
         cfg = load_config([*(overrides or []), f"data.root={data}"])
         if seeds == 1:
             run_dir = run_train(cfg)
         else:
-            runs, result = train_seed_ensemble(cfg, seeds)
+            ensemble = train_seed_ensemble(cfg, seeds)
     if seeds == 1:
         print_result(run_dir)
         return
-    for run in runs:
+    for run in ensemble.runs:
         print(f"member: {run}")
-    members = [replace(cfg, seed=s) for s in range(cfg.seed, cfg.seed + seeds)]
-    measured = seed_ensemble_summary(members)
+    measured = ensemble.cv_summary
     print(
         f"ensemble of {seeds} seeds, by the outer CV: balanced accuracy {measured['balanced_accuracy_mean']:.3f} "
         f"(one seed alone {measured['member_balanced_accuracy_mean']:.3f}), {measured['path']}"
@@ -46,7 +43,7 @@ def train(
         else f"ensemble of {seeds} seeds: not cross-validated ({seed_ensemble_name(cfg, seeds)} not found); "
         f"`weldray cv DATA --seeds {seeds}` with the same overrides measures it"
     )
-    print_result(result.path)
+    print_result(ensemble.export.path)
 
 
 def evaluate(

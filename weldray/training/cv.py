@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -285,16 +285,24 @@ def export_fold_ensemble(cfg: WeldrayConfig, summary: dict[str, Any], fmt: str |
     )
 
 
-def train_seed_ensemble(cfg: WeldrayConfig, seeds: int, fmt: str | None = None) -> tuple[list[Path], Any]:
+@dataclass
+class SeedEnsemble:
+    """What ``weldray train DATA --seeds N`` made: the members' run directories, their export, and the outer CV of
+    the same ensemble (``weldray cv DATA --seeds N``), or None where that has not run."""
+
+    runs: list[Path]
+    export: Any
+    cv_summary: dict[str, Any] | None
+
+
+def train_seed_ensemble(cfg: WeldrayConfig, seeds: int, fmt: str | None = None) -> SeedEnsemble:
     """``weldray train DATA --seeds N``: the final fits of ``cfg`` with seeds ``cfg.seed`` .. ``cfg.seed + N - 1``,
     one after another (named ``<run_name>-seed<s>`` when ``training.run_name`` is set),
     then their ONNX ensemble graph, ``<output_dir>/ensembles/<name>-<N>seeds/weld_classifier.onnx``, each member
     calibrated by its own temperature (its recipe's out-of-fold one where its CV has run). What the ensemble scores
-    is what ``weldray cv DATA --seeds N`` measures, by the outer CV; the model card quotes it when that has run.
-    Returns the members' run directories and the export."""
-    from datetime import datetime
-
+    is what ``weldray cv DATA --seeds N`` measures, by the outer CV; the model card quotes it when that has run."""
     from weldray.export import export_checkpoint, export_format
+    from weldray.training.trainer import run_id_for
 
     if seeds < 2:
         raise ValueError(f"a seed ensemble needs 2 or more seeds, not {seeds}")
@@ -304,7 +312,6 @@ def train_seed_ensemble(cfg: WeldrayConfig, seeds: int, fmt: str | None = None) 
         replace(cfg, seed=s, training=replace(cfg.training, run_name=f"{named}-seed{s}" if named else None))
         for s in range(cfg.seed, cfg.seed + seeds)
     ]
-    name = f"{named or datetime.now().strftime('%Y%m%d-%H%M%S') + '-' + cfg.fingerprint()[:6]}-{seeds}seeds"
+    output = Path(cfg.output_dir) / "ensembles" / f"{run_id_for(cfg)}-{seeds}seeds" / "weld_classifier.onnx"
     runs = train_runs(members)
-    output = Path(cfg.output_dir) / "ensembles" / name / "weld_classifier.onnx"
-    return runs, export_checkpoint(runs, cfg, fmt=fmt, output=output)
+    return SeedEnsemble(runs, export_checkpoint(runs, cfg, fmt=fmt, output=output), seed_ensemble_summary(members))
