@@ -16,12 +16,18 @@ PATHS = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
 LABELS = [0, 0, 1, 1]
 
 
-def _member(tmp: Path, name: str, wrong: str, temperature: float = 1.0, reverse: bool = False) -> dict:
-    """A one-fold member CV that is confidently right on every photo but ``wrong``, where it errs mildly."""
+def _member(
+    tmp: Path, name: str, wrong: str, temperature: float = 1.0, reverse: bool = False, tta: bool = False
+) -> dict:
+    """A one-fold member CV that is confidently right on every photo but ``wrong``, where it errs mildly; with
+    ``tta``, evaluated with two views, the second confidently right on every photo."""
     run_dir = tmp / "runs" / f"{name}-fold0"
     (run_dir / "report").mkdir(parents=True)
     margin = [(-0.5 if p == wrong else 2.0) * temperature for p in PATHS]  # for the true class, before T
     logits = [[0.0, m] if y else [m, 0.0] for m, y in zip(margin, LABELS, strict=True)]
+    if tta:
+        right = [[0.0, 2.0 * temperature] if y else [2.0 * temperature, 0.0] for y in LABELS]
+        logits = [[view, r] for view, r in zip(logits, right, strict=True)]
     rows = pd.DataFrame({"path": PATHS, "label_index": LABELS, "logits": logits})
     (rows.iloc[::-1] if reverse else rows).to_parquet(run_dir / "report" / PREDICTIONS_FILE, index=False)
     return {
@@ -103,3 +109,43 @@ def test_final_fits_of_consecutive_seeds_find_the_cv_of_their_ensemble(cfg: Weld
     assert "balanced accuracy 1.000 ± 0.000 over 1 folds (one seed alone: 0.750)" in line
     assert summary["path"] in line
     assert "not measured" in _ensemble_figures([asdict(fits[1]), asdict(longer)])
+
+
+def test_with_tta_the_ensemble_also_reports_its_members_votes_over_views(
+    cfg: WeldrayConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`weldray cv --seeds N training.tta=true`: members all wrong on b.jpg in the identity view but right in
+    another view. The ensemble's single view keeps the error, its TTA figure (each member's views, then the
+    members) does not; one member without TTA leaves the single-view figures only."""
+    from PIL import Image
+
+    tmp = Path(cfg.output_dir)
+    monkeypatch.chdir(tmp)
+    for p in PATHS:  # the report's gallery shows the error
+        Image.new("RGB", (32, 32), "gray").save(p)
+    members = [_member(tmp, f"m{s}", "b.jpg", temperature=t, tta=True) for s, t in ((42, 1.0), (43, 3.0))]
+    summary = summarize_seed_ensemble(cfg, members, "ens")
+    fold = summary["folds"][0]
+    assert fold["balanced_accuracy"] == summary["balanced_accuracy_mean"] == 0.75
+    assert fold["tta_balanced_accuracy"] == summary["tta_balanced_accuracy_mean"] == 1.0
+    assert fold["tta_roc_auc"] == 1.0
+    report = Path(summary["report"]).read_text()
+    assert "TTA" in report
+    without = summarize_seed_ensemble(cfg, [*members, _member(tmp, "m44", "b.jpg")], "ens3")
+    assert without["balanced_accuracy_mean"] == 0.75
+    assert "tta_balanced_accuracy_mean" not in without and "tta_balanced_accuracy" not in without["folds"][0]
+
+
+def test_a_finished_cv_without_tta_figures_is_not_reused_when_tta_is_asked(cfg: WeldrayConfig) -> None:
+    from dataclasses import replace
+
+    from weldray.training.cv import cv_summary_path, finished_summary, recipe_fingerprint
+
+    path = cv_summary_path(cfg, "m42")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"recipe_fingerprint": recipe_fingerprint(cfg), "folds": [{"fold": 0}]}))
+    with_tta = replace(cfg, training=replace(cfg.training, tta=True))
+    assert finished_summary(cfg, "m42", [0]) is not None
+    assert finished_summary(with_tta, "m42", [0]) is None
+    path.write_text(json.dumps({**json.loads(path.read_text()), "tta_balanced_accuracy_mean": 0.8}))
+    assert finished_summary(with_tta, "m42", [0]) is not None

@@ -95,14 +95,16 @@ def cv(
     for row in summary["folds"]:
         members = row.get("member_balanced_accuracy")
         of_members = f"  (its {len(members)} seeds: {' '.join(f'{b:.3f}' for b in members)})" if members else ""
+        tta = f"  with TTA {row['tta_balanced_accuracy']:.3f}" if "tta_balanced_accuracy" in row else ""
         print(
             f"fold {row['fold']}: balanced accuracy {row['balanced_accuracy']:.3f}  ROC-AUC {row['roc_auc']:.3f}"
-            + of_members
+            + tta + of_members
         )
     print(
         f"mean balanced accuracy {summary['balanced_accuracy_mean']:.3f} "
         f"+- {summary['balanced_accuracy_std']:.3f} over {len(summary['folds'])} folds"
         + (f" (a seed alone: {summary['member_balanced_accuracy_mean']:.3f})" if seeds > 1 else "")
+        + (f"; with TTA {summary['tta_balanced_accuracy_mean']:.3f}" if "tta_balanced_accuracy_mean" in summary else "")
     )
     if result is not None:
         print(f"summary: {summary['path']}")

@@ -105,14 +105,15 @@ def train_runs(cfgs: list[WeldrayConfig], concurrent: int = 1) -> list[Path]:
 
 
 def finished_summary(cfg: WeldrayConfig, name: str, folds: list[int]) -> dict[str, Any] | None:
-    """The summary ``<name>.json`` if it is a CV of this recipe over these folds (a resumed job does not
-    re-run it), else None."""
+    """The summary ``<name>.json`` if it is a CV of this recipe over these folds, with TTA figures where
+    ``training.tta`` asks for them (a resumed job does not re-run it), else None."""
     path = cv_summary_path(cfg, name)
     summary = json.loads(path.read_text()) if path.is_file() else None
     if (
         summary
         and summary.get("recipe_fingerprint") == recipe_fingerprint(cfg)
         and [f["fold"] for f in summary["folds"]] == folds
+        and (not cfg.training.tta or "tta_balanced_accuracy_mean" in summary)
     ):
         return summary
     return None
@@ -184,8 +185,7 @@ def summarize_folds(cfg: WeldrayConfig, folds: list[int], name: str, run_dirs: l
 
     # Every held-out row once, each predicted by the model that never saw it.
     rows, logits = pd.concat(oof_rows, ignore_index=True), np.concatenate(oof_logits)
-    single = logits[:, 0] if logits.ndim == 3 else logits
-    temperature = fit_temperature(single, rows["label_index"].to_numpy())
+    temperature = fit_temperature(_single_view(logits), rows["label_index"].to_numpy())
     out = cv_summary_path(cfg, name)
     classes = cfg.data.labels
     report = report_from_logits(
@@ -202,22 +202,29 @@ def summarize_folds(cfg: WeldrayConfig, folds: list[int], name: str, run_dirs: l
     return summary
 
 
+def _single_view(x: np.ndarray) -> np.ndarray:
+    """View 0, the identity, of per-view ``[N, V, C]`` logits or probabilities; ``[N, C]`` as it is."""
+    return x[:, 0] if x.ndim == 3 else x
+
+
 def _calibrated_predictions(run_dir: Path, temperature: float) -> tuple[pd.DataFrame, np.ndarray]:
-    """A fold run's test rows, sorted by path, and its single-view probabilities at ``temperature``."""
+    """A fold run's test rows, sorted by path, and its probabilities at ``temperature``: ``[N, C]``, or
+    ``[N, V, C]`` (view 0 the identity) where the run was evaluated with TTA."""
     from weldray.evaluation.metrics import softmax
     from weldray.evaluation.report import read_predictions
 
     rows, logits = read_predictions(run_dir / "report")
     order = rows["path"].argsort().to_numpy()
-    single = logits[order, 0] if logits.ndim == 3 else logits[order]
-    return rows.iloc[order].reset_index(drop=True), softmax(single, temperature)
+    return rows.iloc[order].reset_index(drop=True), softmax(logits[order], temperature)
 
 
 def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """The CV summary of an ensemble of member CVs over the same folds (one per seed): on each fold, the mean of
     the members' probabilities (each calibrated by its own out-of-fold temperature) for the fold's photos, which
     no member trained on. Besides the ensemble's figures, each fold's row keeps its members' balanced accuracies,
-    so the gain is read paired, fold by fold; writes ``<output_dir>/cv/<name>.json`` and ``<name>/report.md``."""
+    so the gain is read paired, fold by fold; writes ``<output_dir>/cv/<name>.json`` and ``<name>/report.md``.
+    Where every member was evaluated with TTA, the ensemble's TTA figures too: each member's views averaged, then
+    the members."""
     from weldray.evaluation.metrics import classification_metrics, fit_temperature
     from weldray.evaluation.report import report_from_logits
 
@@ -225,30 +232,38 @@ def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], n
     if any([f["fold"] for f in m["folds"]] != folds for m in members):
         raise ValueError(f"the member CVs of {name} do not cover the same folds: {[m['name'] for m in members]}")
     classes = cfg.data.labels
-    results, oof_rows, oof_probs = [], [], []
+    per_fold = []
     for i, k in enumerate(folds):
         preds = [_calibrated_predictions(Path(m["folds"][i]["run_dir"]), m["oof_temperature"]) for m in members]
         rows = preds[0][0]
         if any(not r["path"].equals(rows["path"]) for r, _ in preds):
             raise ValueError(f"the member CVs of {name} held out different photos in fold {k}")
-        mean = np.mean([p for _, p in preds], axis=0)
-        metrics = classification_metrics(rows["label_index"].to_numpy(), mean, classes)
-        results.append(
-            {
-                "fold": k,
-                "balanced_accuracy": metrics["balanced_accuracy"],
-                "accuracy": metrics["accuracy"],
-                "roc_auc": metrics["roc_auc"],
-                "member_balanced_accuracy": [m["folds"][i]["balanced_accuracy"] for m in members],
-            }
-        )
+        per_fold.append((rows, [p for _, p in preds]))
+    tta = all(p.ndim == 3 for _, probs in per_fold for p in probs)
+    results, oof_rows, oof_probs = [], [], []
+    for i, (k, (rows, probs)) in enumerate(zip(folds, per_fold, strict=True)):
+        # the members' mean: per view with TTA ([N, V, C], view 0 the identity), else of the single view
+        mean = np.mean(probs if tta else [_single_view(p) for p in probs], axis=0)
+        labels = rows["label_index"].to_numpy()
+        metrics = classification_metrics(labels, mean[:, 0] if tta else mean, classes)
+        row = {
+            "fold": k,
+            "balanced_accuracy": metrics["balanced_accuracy"],
+            "accuracy": metrics["accuracy"],
+            "roc_auc": metrics["roc_auc"],
+            "member_balanced_accuracy": [m["folds"][i]["balanced_accuracy"] for m in members],
+        }
+        if tta:
+            voted = classification_metrics(labels, mean.mean(axis=1), classes)
+            row |= {"tta_balanced_accuracy": voted["balanced_accuracy"], "tta_roc_auc": voted["roc_auc"]}
+        results.append(row)
         oof_rows.append(rows.assign(fold=k))
         oof_probs.append(mean)
     bal = np.array([r["balanced_accuracy"] for r in results])
     member_bal = np.array([r["member_balanced_accuracy"] for r in results])
     rows = pd.concat(oof_rows, ignore_index=True)
     log_probs = np.log(np.clip(np.concatenate(oof_probs), 1e-12, None))  # logits of the mean probabilities
-    temperature = fit_temperature(log_probs, rows["label_index"].to_numpy())
+    temperature = fit_temperature(log_probs[:, 0] if tta else log_probs, rows["label_index"].to_numpy())
     out = cv_summary_path(cfg, name)
     report = report_from_logits(
         log_probs, rows, classes, temperature, out.with_suffix(""),
@@ -263,6 +278,11 @@ def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], n
         "balanced_accuracy_mean": float(bal.mean()),
         "balanced_accuracy_std": float(bal.std(ddof=1)) if len(bal) > 1 else 0.0,
         "member_balanced_accuracy_mean": float(member_bal.mean()),
+        **(
+            {"tta_balanced_accuracy_mean": float(np.mean([r["tta_balanced_accuracy"] for r in results]))}
+            if tta
+            else {}
+        ),
         "oof_temperature": temperature,
         "oof": {"n": len(rows), **{k: v for k, v in report["single_view"].items() if isinstance(v, float)}},
         "report": str(out.with_suffix("") / "report.md"),
