@@ -47,18 +47,22 @@ def train(
 
 
 def evaluate(
-    run_dir: str = typer.Argument(..., help="A run directory written by `weldray train` (holds model.pt)."),
+    run_dir: str = typer.Argument(
+        ..., help="A run directory written by `weldray train` (holds model.pt), or an exported .onnx model "
+        "(one model or an ensemble, fp32 or INT8), evaluated as it is served.",
+    ),
     data: str = typer.Argument(..., help="Folder, s3:// URI or manifest.parquet to evaluate on."),
     overrides: list[str] | None = typer.Argument(None, help="Hydra overrides, e.g. training.tta=true."),
 ) -> None:
-    """Write the evaluation report of RUN_DIR's model on DATA; prints the report path last."""
+    """Write the evaluation report of RUN_DIR's model (or an exported .onnx model) on DATA; prints the report
+    path last."""
     with exit_on_user_error():
         from weldray.config import load_config
+        from weldray.evaluation import evaluate as run_evaluate
 
         cfg = load_config([*(overrides or []), f"data.root={data}"])
-    from weldray.evaluation import evaluate as run_evaluate
-
-    print_result(run_evaluate(run_dir, cfg))
+        report = run_evaluate(run_dir, cfg)
+    print_result(report)
 
 
 def cv(
