@@ -114,3 +114,23 @@ def test_evaluate_cli_takes_an_onnx_model(exported: Path, procedural_dir: Path, 
     )
     assert refused.exit_code == 2 and "config error: training.tta" in refused.output
     assert "Traceback" not in refused.output
+
+
+def test_a_model_on_s3_is_scored_and_its_report_kept_locally(
+    exported: Path, procedural_dir: Path, tmp_path: Path, s3_server: str
+) -> None:
+    import boto3
+
+    from weldray.evaluation import evaluate
+
+    s3 = boto3.client("s3", endpoint_url=s3_server)
+    s3.create_bucket(Bucket="models")
+    for f in (exported, exported.with_suffix(".json")):
+        s3.upload_file(str(f), "models", f"v1/{f.name}")
+    cfg = _cfg(procedural_dir, tmp_path)
+    report = evaluate("s3://models/v1/weld_classifier.onnx", cfg)
+    assert report.parent.parent == tmp_path / "evaluations" and report.parent.name.startswith("weld_classifier-")
+    local = json.loads((evaluate(exported, cfg).parent / "metrics.json").read_text())
+    remote = json.loads((report.parent / "metrics.json").read_text())
+    assert remote["single_view"]["confusion_matrix"] == local["single_view"]["confusion_matrix"]
+    assert "s3://models/v1/weld_classifier.onnx" in report.read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,10 @@ def evaluate(run_dir: str | Path, cfg: WeldrayConfig) -> Path:
 def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
     """Evaluate an exported model (one model or an ensemble graph, fp32 or INT8) on ``cfg.data.root``, classified
     through :class:`~weldray.inference.WeldClassifierInference` as ``weldray predict`` and the HTTP API classify
-    (``serve.provider``, ``serve.tta``); writes ``<model>_report_<data>-<hash>/`` beside it and returns its
-    report.md. This is how a shipped model is checked on photos that none of its members saw; the photos it
-    trained on (the sidecar's manifest) are refused unless ``training.eval_split`` names rows."""
+    (``serve.provider``, ``serve.tta``); writes ``<model>_report_<data>-<hash>/`` beside it (a model read from a
+    URI: under ``<output_dir>/evaluations/``) and returns its report.md. This is how a shipped model is checked
+    on photos that none of its members saw; the photos it trained on (the sidecar's manifest) are refused unless
+    ``training.eval_split`` names rows."""
     from rich.console import Console
     from rich.progress import track
 
@@ -101,7 +103,7 @@ def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
             "10 views evaluate a run directory's PyTorch model; an exported model is evaluated as it is served: "
             "serve.tta=true adds the mirrored view",
         )
-    model_path = Path(model_path)
+    model_path = str(model_path)
     clf = WeldClassifierInference(model_path, providers=cfg.serve.provider, tta=cfg.serve.tta)
     manifest_path = resolve_dataset(cfg)
     manifest = load_manifest(manifest_path)
@@ -124,7 +126,7 @@ def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
         raise ValueError(f"{manifest_path} has labels {sorted(unknown)} the model does not know ({classes})")
     rows = rows.assign(label_index=[classes.index(label) for label in rows["label"]]).reset_index(drop=True)
     results = track(
-        clf.iter_predict(rows["path"].tolist()), total=len(rows), description=f"evaluating {model_path.name}",
+        clf.iter_predict(rows["path"].tolist()), total=len(rows), description=f"evaluating {model_path}",
         console=Console(stderr=True), transient=True,
     )
     probs = np.array([[r["probabilities"][c] for c in classes] for r in results])
@@ -132,7 +134,7 @@ def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
     temperature = 1.0 if members else clf.temperature
     # the model's logits up to a constant per photo: softmax(logits / T) gives back the served probabilities
     logits = temperature * np.log(np.clip(probs, 1e-12, None))
-    out = model_path.parent / f"{model_path.stem}_{_report_dir_name(cfg, sha)}"  # fp32 and INT8 lie side by side
+    out = _exported_report_dir(model_path, cfg, sha)
     out.mkdir(parents=True, exist_ok=True)
     rows[["path", "label_index"]].assign(logits=logits.tolist()).to_parquet(out / PREDICTIONS_FILE, index=False)
     calibration = (
@@ -146,6 +148,16 @@ def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
         calibration=calibration, explain=_onnx_explainer(clf) if clf.sidecar.maps_output else None,
     )
     return out / "report.md"
+
+
+def _exported_report_dir(model_path: str, cfg: WeldrayConfig, sha: str) -> Path:
+    """``<model>_report_<data>-<hash>/`` beside a local model (its fp32 and INT8 files lie side by side); under
+    ``<output_dir>/evaluations/`` for a model read from a URI, named with the URI's hash."""
+    stem = model_path.rstrip("/").rsplit("/", 1)[-1].removesuffix(".onnx")
+    if "://" not in model_path:
+        return Path(model_path).parent / f"{stem}_{_report_dir_name(cfg, sha)}"
+    uri_hash = hashlib.sha256(model_path.encode()).hexdigest()[:8]
+    return Path(cfg.output_dir) / "evaluations" / f"{stem}-{uri_hash}_{_report_dir_name(cfg, sha)}"
 
 
 def _onnx_explainer(clf: Any) -> Any:
