@@ -177,7 +177,8 @@ def test_train_with_seeds_exports_one_graph_of_its_final_fits(
     procedural_dir: Path, tmp_path: Path, ray_local: None
 ) -> None:
     """`weldray train DATA --seeds 2 training.run_name=ens`: the final fits of seeds 42 and 43, each on every
-    labelled row, and one ONNX graph of both, each member calibrated by its own temperature."""
+    labelled row, and one ONNX graph of both, each member calibrated by its own temperature. The same command
+    again resumes its finished members: no epoch is trained twice."""
     from weldray.inference import WeldClassifierInference
     from weldray.models import load_checkpoint
     from weldray.training import train_seed_ensemble
@@ -201,6 +202,18 @@ def test_train_with_seeds_exports_one_graph_of_its_final_fits(
     clf = WeldClassifierInference(result.path, providers="cpu")
     assert clf.metadata["ensemble_members"] == 2
     assert [m["temperature"] for m in clf.sidecar.members] == [meta_a.temperature, meta_b.temperature]
+
+    def checkpoints() -> list[list[str]]:
+        storage = [Path(json.loads((run / "metrics.json").read_text())["ray_storage"]) for run in runs]
+        return [sorted(p.name for p in s.glob("checkpoint_*")) for s in storage]
+
+    saved = checkpoints()
+    assert all(saved)
+    again = train_seed_ensemble(cfg, 2)
+    assert again.runs == runs and again.export.path == result.path
+    assert checkpoints() == saved  # each member resumed from its last epoch's checkpoint and trained none
+    a2, _ = load_checkpoint(runs[0])
+    assert all((a.state_dict()[k] == a2.state_dict()[k]).all() for k in a.state_dict())
 
 
 def test_a_seed_ensemble_refuses_an_export_this_machine_cannot_make_before_training(tmp_path: Path) -> None:

@@ -317,7 +317,7 @@ class SeedEnsemble:
 
 def train_seed_ensemble(cfg: WeldrayConfig, seeds: int, fmt: str | None = None) -> SeedEnsemble:
     """``weldray train DATA --seeds N``: the final fits of ``cfg`` with seeds ``cfg.seed`` .. ``cfg.seed + N - 1``,
-    one after another (named ``<run_name>-seed<s>`` when ``training.run_name`` is set),
+    one after another (named ``<run_name>-seed<s>`` when ``training.run_name`` is set, so the same command resumes),
     then their ONNX ensemble graph, ``<output_dir>/ensembles/<name>-<N>seeds/weld_classifier.onnx``, each member
     calibrated by its own temperature (its recipe's out-of-fold one where its CV has run). What the ensemble scores
     is what ``weldray cv DATA --seeds N`` measures, by the outer CV; the model card quotes it when that has run."""
