@@ -34,6 +34,12 @@ def _rows_for(
     return select_rows(manifest, splits=[mode]), f"the {mode} split"
 
 
+def _check_labels(manifest_path: Path, labels: pd.Series, classes: list[str]) -> None:
+    unknown = set(labels) - set(classes)
+    if unknown:
+        raise ValueError(f"{manifest_path} has labels {sorted(unknown)} the model does not know ({classes})")
+
+
 def _report_dir_name(cfg: WeldrayConfig, sha: str) -> str:
     name = Path(str(cfg.data.root or "procedural").rstrip("/")).name or "data"
     return f"report_{name}-{sha[:8]}"
@@ -71,11 +77,7 @@ def evaluate(run_dir: str | Path, cfg: WeldrayConfig) -> Path:
         )
     if rows.empty:
         raise ValueError(f"no rows to evaluate in {manifest_path} ({what})")
-    unknown = set(manifest["label"]) - set(meta.classes)
-    if unknown:
-        raise ValueError(
-            f"{manifest_path} has labels {sorted(unknown)} the model does not know ({meta.classes})"
-        )
+    _check_labels(manifest_path, manifest["label"], list(meta.classes))
     out = run_dir / ("report" if same and cfg.training.eval_split == "auto" else _report_dir_name(cfg, sha))
     evaluate_rows(
         model, meta, rows, out, cfg, title=f"{meta.run_id} on {cfg.data.root or 'procedural'}: {what}"
@@ -121,9 +123,7 @@ def evaluate_exported(model_path: str | Path, cfg: WeldrayConfig) -> Path:
     if rows.empty:
         raise ValueError(f"no rows to evaluate in {manifest_path} ({what})")
     classes = list(clf.classes)
-    unknown = set(rows["label"]) - set(classes)
-    if unknown:
-        raise ValueError(f"{manifest_path} has labels {sorted(unknown)} the model does not know ({classes})")
+    _check_labels(manifest_path, rows["label"], classes)
     rows = rows.assign(label_index=[classes.index(label) for label in rows["label"]]).reset_index(drop=True)
     results = track(
         clf.iter_predict(rows["path"].tolist()), total=len(rows), description=f"evaluating {model_path}",

@@ -8,12 +8,15 @@ import json
 import logging
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from weldray.config import WeldrayConfig
+
+if TYPE_CHECKING:
+    from weldray.export import ExportResult
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], n
         # the members' mean: per view with TTA ([N, V, C], view 0 the identity), else of the single view
         mean = np.mean(probs if tta else [_single_view(p) for p in probs], axis=0)
         labels = rows["label_index"].to_numpy()
-        metrics = classification_metrics(labels, mean[:, 0] if tta else mean, classes)
+        metrics = classification_metrics(labels, _single_view(mean), classes)
         row = {
             "fold": k,
             "balanced_accuracy": metrics["balanced_accuracy"],
@@ -263,7 +266,7 @@ def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], n
     member_bal = np.array([r["member_balanced_accuracy"] for r in results])
     rows = pd.concat(oof_rows, ignore_index=True)
     log_probs = np.log(np.clip(np.concatenate(oof_probs), 1e-12, None))  # logits of the mean probabilities
-    temperature = fit_temperature(log_probs[:, 0] if tta else log_probs, rows["label_index"].to_numpy())
+    temperature = fit_temperature(_single_view(log_probs), rows["label_index"].to_numpy())
     out = cv_summary_path(cfg, name)
     report = report_from_logits(
         log_probs, rows, classes, temperature, out.with_suffix(""),
@@ -278,16 +281,13 @@ def summarize_seed_ensemble(cfg: WeldrayConfig, members: list[dict[str, Any]], n
         "balanced_accuracy_mean": float(bal.mean()),
         "balanced_accuracy_std": float(bal.std(ddof=1)) if len(bal) > 1 else 0.0,
         "member_balanced_accuracy_mean": float(member_bal.mean()),
-        **(
-            {"tta_balanced_accuracy_mean": float(np.mean([r["tta_balanced_accuracy"] for r in results]))}
-            if tta
-            else {}
-        ),
         "oof_temperature": temperature,
         "oof": {"n": len(rows), **{k: v for k, v in report["single_view"].items() if isinstance(v, float)}},
         "report": str(out.with_suffix("") / "report.md"),
         "path": str(out),
     }
+    if tta:
+        summary["tta_balanced_accuracy_mean"] = float(np.mean([r["tta_balanced_accuracy"] for r in results]))
     out.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -311,7 +311,7 @@ class SeedEnsemble:
     the same ensemble (``weldray cv DATA --seeds N``), or None where that has not run."""
 
     runs: list[Path]
-    export: Any
+    export: ExportResult
     cv_summary: dict[str, Any] | None
 
 
